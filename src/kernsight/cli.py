@@ -1,0 +1,211 @@
+"""The `kernsight` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import typer
+from rich.console import Console
+
+from . import __version__
+from .kernel.errors import KernelError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="kernsight: live Linux kernel events as SQL tables for AI agents.",
+)
+err = Console(stderr=True, highlight=False)
+
+
+@app.callback()
+def main(
+    state_dir: Path = typer.Option(
+        None, "--state-dir", envvar="KERNSIGHT_STATE_DIR",
+        help="where kernsight keeps everything it writes (default /var/lib/kernsight)",
+    ),
+) -> None:  # fmt: skip
+    if state_dir:
+        os.environ["KERNSIGHT_STATE_DIR"] = str(state_dir)
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+@app.command()
+def build(force: bool = typer.Option(False, help="rebuild even when up to date")) -> None:
+    """Compile the BPF programs against this kernel's BTF."""
+    from .kernel import build as b
+
+    try:
+        for path in b.build_all(force=force):
+            print(path)
+    except KernelError as e:
+        _fail(e)
+
+
+@app.command()
+def doctor() -> None:
+    """Check what works on this host, with the fix for anything that does not."""
+    from .doctor import run_checks
+
+    ok = run_checks(Console(highlight=False))
+    raise typer.Exit(0 if ok else 1)
+
+
+# -- capture ------------------------------------------------------------------------------
+
+_CTRL = str.maketrans({i: "?" for i in [*range(0x20), 0x7F]})
+
+
+def safe(s: object, width: int | None = None) -> str:
+    """Traced strings are attacker-controlled: no control characters reach the terminal."""
+    text = str(s).translate(_CTRL)
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
+
+
+def _detail(source: str, r: dict) -> str:
+    if source == "process":
+        if r["event"] == "exec":
+            marks = " [memfd]" if r["exe_memfd"] else ""
+            marks += " [stdio-socket]" if r["stdio_sockets"] else ""
+            parent = f"(parent {r['ppid']} {safe(r['parent_comm'])})"
+            return f"exec {safe(r['argv'] or r['filename'])}{marks}  {parent}"
+        if r["event"] == "fork":
+            return f"fork from {r['ppid']} {safe(r['parent_comm'])}"
+        sig = f" signal {r['exit_signal']}" if r["exit_signal"] else ""
+        return f"exit {r['exit_code']}{sig}"
+    if source == "files":
+        return f"{r['syscall']} {safe(r['path'])} flags=0x{r['flags']:x} -> {r['ret']}"
+    if source == "syscalls":
+        args = ", ".join(f"{r[f'arg{i}']:#x}" for i in range(3))
+        return f"{r['name']}({args}, ...) = {r['ret']}  {r['latency_ns']} ns"
+    if source == "syscall_stats":
+        return f"{r['name']} x{r['count']} errors={r['errors']} total={r['total_latency_ns']} ns"
+    return " ".join(f"{k}={safe(v)}" for k, v in r.items() if k not in ("ts", "pid", "comm"))
+
+
+def _rows(batch: pa.RecordBatch) -> list[dict]:
+    """Rows as dicts with `ts` as an ISO-8601 UTC string (nanoseconds kept)."""
+    ns = pc.cast(batch.column("ts"), pa.int64()).to_numpy().view("datetime64[ns]")
+    iso = pa.array([s + "Z" for s in np.datetime_as_string(ns, unit="ns")])
+    return batch.set_column(batch.schema.get_field_index("ts"), "ts", iso).to_pylist()
+
+
+@app.command()
+def capture(
+    sources: list[str] = typer.Argument(..., help="process, files, syscalls, syscall_stats"),
+    seconds: float = typer.Option(
+        0, "--for", help="stop after this many seconds (0: until Ctrl-C)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout, one per event"),
+    pid: list[int] = typer.Option([], "--pid", help="only these pids (filtered in the kernel)"),
+    comm: list[str] = typer.Option([], "--comm", help="only these command names (in the kernel)"),
+    max_rows_per_s: int = typer.Option(40, help="terminal view: rows shown per second at most"),
+) -> None:
+    """Show kernel events live, then a summary of delivered and lost counts."""
+    from .capture import Capture
+    from .sources import SOURCES
+
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown:
+        _fail(ValueError(f"unknown source {unknown[0]!r}; known: {', '.join(SOURCES)}"))
+    filters: dict[str, list] = {}
+    if pid:
+        filters["pid"] = pid
+    if comm:
+        filters["comm"] = comm
+    q: queue.Queue = queue.Queue(maxsize=1024)
+    dropped_display = 0
+
+    def on_batch(b) -> None:
+        nonlocal dropped_display
+        try:
+            q.put_nowait(b)
+        except queue.Full:  # the terminal is slower than the kernel: count, never block capture
+            dropped_display += b.data.num_rows
+
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    out = Console(highlight=False, soft_wrap=True)
+    cap = Capture()
+    try:
+        cap.subscribe(on_batch)
+        for s in sources:
+            cap.start(s, filters={k: v for k, v in filters.items() if k in SOURCES[s].pushdown})
+    except (KernelError, ValueError) as e:
+        cap.close()
+        _fail(e)
+    cap.run_in_thread()
+    if not as_json:
+        err.print(
+            f"capturing {', '.join(sources)}"
+            + (f" for {seconds:g}s" if seconds else " (Ctrl-C to stop)"),
+        )
+        out.print(f"{'TIME':<15} {'SOURCE':<13} {'PID':>7} {'COMM':<16} EVENT", style="bold")
+    deadline = time.monotonic() + seconds if seconds else None
+    width = shutil.get_terminal_size((160, 40)).columns
+    shown_in_second, second, hidden = 0, int(time.monotonic()), 0
+    try:
+        while not stop and (deadline is None or time.monotonic() < deadline):
+            try:
+                b = q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if as_json:
+                for r in _rows(b.data):
+                    sys.stdout.write(json.dumps({"source": b.source, "batch": b.seq, **r}) + "\n")
+                sys.stdout.flush()
+                continue
+            now = int(time.monotonic())
+            if now != second:
+                if hidden:
+                    out.print(f"{'':<15} [dim]… {hidden} more events not shown[/]")
+                second, shown_in_second, hidden = now, 0, 0
+            room = max(0, max_rows_per_s - shown_in_second)
+            rows = _rows(b.data.slice(0, room)) if room else []
+            hidden += b.data.num_rows - len(rows)
+            for r in rows:
+                line = (
+                    f"{r['ts'][11:26]:<15} {b.source:<13} {r['pid']:>7} "
+                    f"{safe(r['comm'], 16):<16} {_detail(b.source, r)}"
+                )
+                out.print(safe(line, width), markup=False)
+            shown_in_second += len(rows)
+    finally:
+        cap.close()
+        summary = ", ".join(
+            f"{n}: delivered {s.delivered}, lost {s.lost}" for n, s in cap.final.items()
+        )
+        extra = f", not displayed {dropped_display} (terminal too slow)" if dropped_display else ""
+        err.print(f"summary: {summary}{extra}")
+        for e in cap.errors:
+            err.print(f"[red]capture error:[/] {e}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,11 @@
+"""The event sources. Adding a kernel signal = one bpf/NAME.bpf.c + one module here."""
+
+from .base import RunningSource, Source
+from .files import Files
+from .process import Process
+from .syscall_stats import SyscallStats
+from .syscalls import Syscalls
+
+SOURCES: dict[str, type[Source]] = {s.name: s for s in (Process, Files, Syscalls, SyscallStats)}
+
+__all__ = ["SOURCES", "RunningSource", "Source"]
