@@ -168,7 +168,8 @@ def capture(
         )
         out.print(f"{'TIME':<15} {'SOURCE':<13} {'PID':>7} {'COMM':<16} EVENT", style="bold")
     deadline = time.monotonic() + seconds if seconds else None
-    width = shutil.get_terminal_size((160, 40)).columns
+    # Truncate to the terminal's width on a terminal only; a pipe gets whole lines.
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     shown_in_second, second, hidden = 0, int(time.monotonic()), 0
     try:
         while not stop and (deadline is None or time.monotonic() < deadline):

@@ -151,3 +151,9 @@ static __always_inline void ks_fill_current(struct ks_hdr *h)
 			ks_count(KS_LOST);                                \
 		__e;                                                      \
 	})
+
+/* Record structs are only used through casts, so the compiler would leave them out of the
+ * object's BTF; this unused global function keeps them, so user space can check its decoder
+ * layout against the compiler's (tests/test_sources.py). libbpf does not load unused code. */
+#define KS_RECORD_BTF(type) \
+	__attribute__((noinline)) int ks_btf_##type(struct type *r) { return r != 0; }

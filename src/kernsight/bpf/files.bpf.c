@@ -107,3 +107,5 @@ int exit_creat(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret);
 
 SEC("tracepoint/syscalls/sys_exit_openat2")
 int exit_openat2(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+
+KS_RECORD_BTF(files_event)

@@ -150,3 +150,5 @@ int BPF_PROG(on_exit, struct task_struct *p, bool group_dead)
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
+
+KS_RECORD_BTF(process_event)

@@ -89,3 +89,5 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 		v->max_ns = lat; /* racy max: close enough for a maximum */
 	return 0;
 }
+
+KS_RECORD_BTF(stats_value)

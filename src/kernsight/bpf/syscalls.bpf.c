@@ -67,3 +67,5 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
+
+KS_RECORD_BTF(syscall_event)

@@ -72,7 +72,7 @@ def vmlinux_header(out_dir: Path) -> Path:
     )
     if r.returncode:
         raise BuildError(f"bpftool could not dump {BTF_PATH}: {r.stderr.strip()}")
-    tmp = header.with_suffix(".tmp")
+    tmp = header.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(r.stdout)
     tmp.replace(header)
     stamp.write_text(digest)
@@ -102,12 +102,19 @@ def build(name: str, *, force: bool = False) -> Path:
     digest = _inputs_digest(name, header)
     if not force and obj.exists() and stamp.exists() and stamp.read_text() == digest:
         return obj
+    compile_bpf(src, obj, out_dir)
+    stamp.write_text(digest)
+    return obj
+
+
+def compile_bpf(src: Path, obj: Path, include_dir: Path) -> None:
+    """clang -target bpf (CO-RE) one source into obj; include_dir holds vmlinux.h."""
     clang = _tool("clang", "clang")
-    tmp = obj.with_suffix(".tmp")
+    tmp = obj.with_suffix(f".{os.getpid()}.tmp")  # concurrent builds never share a file
     cmd = [
         clang, "-g", "-O2", "-target", "bpf", "-mcpu=v3", f"-D__TARGET_ARCH_{_ARCH}",
         "-Wall", "-Wno-unused-function",
-        "-I", str(out_dir), "-I", str(BPF_SRC_DIR),
+        "-I", str(include_dir), "-I", str(BPF_SRC_DIR),
         "-c", str(src), "-o", str(tmp),
     ]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -117,8 +124,6 @@ def build(name: str, *, force: bool = False) -> Path:
             fix="libbpf-dev provides <bpf/bpf_helpers.h>: apt-get install libbpf-dev",
         )
     tmp.replace(obj)
-    stamp.write_text(digest)
-    return obj
 
 
 def build_all(force: bool = False) -> list[Path]:

@@ -98,6 +98,7 @@ class Source:
     name: ClassVar[str]
     description: ClassVar[str]
     bpf_object: ClassVar[str]
+    btf_struct: ClassVar[str]  # the C struct `record` mirrors (checked against BTF in tests)
     record: ClassVar[np.dtype]
     columns: ClassVar[list[Column]]
     ring_bytes: ClassVar[int] = 4 << 20

@@ -28,6 +28,7 @@ class Files(Source):
     name = "files"
     description = "File opens: one row per open/openat/openat2/creat call, with its result."
     bpf_object = "files"
+    btf_struct = "files_event"
     record = RECORD
     ring_bytes = 8 << 20
     skip_self = True  # kernsight's own store writes would otherwise trace themselves

@@ -36,6 +36,7 @@ class Process(Source):
         "(when the last thread of a process exits)."
     )
     bpf_object = "process"
+    btf_struct = "process_event"
     record = RECORD
     ring_bytes = 4 << 20
     columns = COMMON_COLUMNS + [

@@ -40,6 +40,7 @@ class SyscallStats(Source):
         "interval. Cheap enough to leave on."
     )
     bpf_object = "syscall_stats"
+    btf_struct = "stats_value"
     record = VALUE  # not streamed; the map is read instead
     ring_bytes = 4096
     skip_self = True

@@ -28,6 +28,7 @@ class Syscalls(Source):
         "syscall_stats, or filter by pid/comm/nr."
     )
     bpf_object = "syscalls"
+    btf_struct = "syscall_event"
     record = RECORD
     ring_bytes = 32 << 20
     skip_self = True
