@@ -189,6 +189,12 @@ class Capture:
             if rs.source.polled:
                 return
 
+    def flush(self) -> None:
+        """Read everything the rings hold now (and poll the polled sources), synchronously."""
+        with self._lock:
+            for rs in list(self._running.values()):
+                self._drain(rs, final=True)
+
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")

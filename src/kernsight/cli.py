@@ -208,5 +208,125 @@ def capture(
             err.print(f"[red]capture error:[/] {e}")
 
 
+# -- tables and queries ----------------------------------------------------------------------
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("KERNSIGHT_STATE_DIR", "/var/lib/kernsight"))
+
+
+@app.command()
+def tables(
+    as_json: bool = typer.Option(False, "--json", help="the catalog as JSON"),
+    markdown: bool = typer.Option(False, "--markdown", help="the catalog as Markdown"),
+) -> None:
+    """The tables agents can query: columns, types, descriptions, in-kernel filters."""
+    from .store import catalog
+
+    if markdown:
+        print(catalog.markdown(), end="")
+        return
+    infos = catalog.tables()
+    if as_json:
+        print(json.dumps([t.as_dict() for t in infos.values()], indent=2))
+        return
+    out = Console(highlight=False)
+    for t in infos.values():
+        out.print(f"[bold]{t.name}[/]" + (" [yellow](heavy, opt-in)[/]" if t.heavy else ""))
+        out.print(f"  {t.description}")
+        for n, ty, d in t.columns:
+            out.print(f"    {n:<18} {ty:<15} {d}", markup=False)
+        out.print(f"  kernel filters: {', '.join(t.pushdown)}")
+        out.print(f"  example: {t.example}\n", markup=False)
+
+
+@app.command()
+def query(
+    sql: str = typer.Argument(..., help="one read-only SELECT (DuckDB dialect)"),
+    since: str = typer.Option(None, help="window start: 30s, 5m, 2h, 1d or ISO-8601"),
+    until: str = typer.Option(None, help="window end: same forms"),
+    seconds: float = typer.Option(
+        None, "--for", help="live: capture the tables the query names for this long, then answer"
+    ),
+    limit: int = typer.Option(1000, help="row limit (the answer says when it was truncated)"),
+    fmt: str = typer.Option("table", "--format", help="table | json | csv"),
+    pushdown: bool = typer.Option(True, help="live: push equality filters into the kernel"),
+) -> None:
+    """Run a read-only SQL query over captured events.
+
+    Without --for it reads the store of a running server (the state directory); with --for it
+    captures live into a private store for that long and answers from it."""
+    import tempfile
+
+    from .query.engine import QueryEngine, QueryFailed, QueryRejected
+    from .sources import SOURCES
+    from .store.store import Store
+
+    if fmt not in ("table", "json", "csv"):
+        _fail(ValueError(f"unknown format {fmt!r}: use table, json or csv"))
+    schemas = {n: s.schema() for n, s in SOURCES.items()}
+    cap = None
+    tmp = None
+    if seconds is not None:
+        from .capture import Capture
+
+        tmp = tempfile.TemporaryDirectory(prefix="kernsight-query-")
+        store = Store(Path(tmp.name), schemas)
+        cap = Capture()
+        cap.subscribe(lambda b: store.append(b.source, b.data, b.seq, b.lost_total))
+
+        def ensure(wanted: dict[str, dict]) -> dict[str, dict]:
+            for t, f in wanted.items():  # a private store: every filter is sound here
+                cap.start(t, filters=f)
+            return wanted
+
+        cap.run_in_thread()
+        engine = QueryEngine(store, ensure_sources=ensure, flush=cap.flush, pushdown=pushdown)
+    else:
+        store = Store(state_dir() / "store", schemas, readonly=True)
+        engine = QueryEngine(store)
+    try:
+        result = engine.query(sql, since=since, until=until, limit=limit, live_seconds=seconds)
+    except (QueryRejected, QueryFailed, ValueError, KernelError) as e:
+        _fail(e)
+    finally:
+        engine.close()
+        if cap is not None:
+            cap.close()
+        if tmp is not None:
+            tmp.cleanup()
+    _print_result(result, fmt)
+
+
+def _print_result(result, fmt: str) -> None:
+    doc = result.to_json()
+    if fmt == "json":
+        print(json.dumps(doc))
+        return
+    if fmt == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(doc["columns"])
+        w.writerows([[safe(v) for v in row] for row in doc["rows"]])
+    else:
+        from rich.table import Table
+
+        t = Table(show_edge=False, pad_edge=False)
+        for c in doc["columns"]:
+            t.add_column(c)
+        for row in doc["rows"]:
+            t.add_row(*[safe(v) for v in row])
+        Console(highlight=False).print(t)
+    meta = doc["meta"]
+    parts = [f"{meta['rows']} rows", f"{meta['elapsed_ms']:.1f} ms"]
+    if meta["truncated"]:
+        parts.append("TRUNCATED (raise --limit or narrow the query)")
+    for name, m in meta["sources"].items():
+        parts.append(f"{name}: lost {m['lost']}, expired {m['expired']}"
+                     + ("" if m["complete"] else " (window incomplete)"))  # fmt: skip
+    err.print("; ".join(parts), markup=False)
+
+
 if __name__ == "__main__":
     app()

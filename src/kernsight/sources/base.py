@@ -99,6 +99,7 @@ class Source:
     description: ClassVar[str]
     bpf_object: ClassVar[str]
     btf_struct: ClassVar[str]  # the C struct `record` mirrors (checked against BTF in tests)
+    example: ClassVar[str]  # a good first query
     record: ClassVar[np.dtype]
     columns: ClassVar[list[Column]]
     ring_bytes: ClassVar[int] = 4 << 20

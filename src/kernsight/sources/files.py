@@ -29,6 +29,12 @@ class Files(Source):
     description = "File opens: one row per open/openat/openat2/creat call, with its result."
     bpf_object = "files"
     btf_struct = "files_event"
+    example = (
+        "SELECT comm, count(*) AS opens, count(*) FILTER (WHERE ret < 0) AS failed "
+        "FROM files "
+        "GROUP BY comm "
+        "ORDER BY opens DESC LIMIT 10"
+    )
     record = RECORD
     ring_bytes = 8 << 20
     skip_self = True  # kernsight's own store writes would otherwise trace themselves

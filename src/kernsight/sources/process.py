@@ -37,6 +37,12 @@ class Process(Source):
     )
     bpf_object = "process"
     btf_struct = "process_event"
+    example = (
+        "SELECT ts, pid, ppid, comm, argv "
+        "FROM process "
+        "WHERE event = 'exec' "
+        "ORDER BY ts DESC LIMIT 20"
+    )
     record = RECORD
     ring_bytes = 4 << 20
     columns = COMMON_COLUMNS + [

@@ -41,6 +41,12 @@ class SyscallStats(Source):
     )
     bpf_object = "syscall_stats"
     btf_struct = "stats_value"
+    example = (
+        "SELECT comm, name, sum(count) AS calls, sum(errors) AS errors "
+        "FROM syscall_stats "
+        "GROUP BY comm, name "
+        "ORDER BY calls DESC LIMIT 20"
+    )
     record = VALUE  # not streamed; the map is read instead
     ring_bytes = 4096
     skip_self = True

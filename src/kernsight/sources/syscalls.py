@@ -29,6 +29,13 @@ class Syscalls(Source):
     )
     bpf_object = "syscalls"
     btf_struct = "syscall_event"
+    example = (
+        "SELECT name, count(*) AS calls, avg(latency_ns) AS avg_ns "
+        "FROM syscalls "
+        "WHERE pid = 1234 "
+        "GROUP BY name "
+        "ORDER BY calls DESC"
+    )
     record = RECORD
     ring_bytes = 32 << 20
     skip_self = True

@@ -1,0 +1,183 @@
+"""The query engine: validate, bound in time, run in a sandboxed worker, say how complete."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ..sources import SOURCES
+from ..store.store import Store
+from .pool import QueryFailed, WorkerPool
+from .pushdown import kernel_filters
+from .timespec import parse_time
+from .validate import QueryRejected, validate
+
+__all__ = ["QueryEngine", "QueryFailed", "QueryRejected", "QueryResult"]
+
+
+@dataclass
+class QueryResult:
+    table: pa.Table
+    meta: dict
+
+    @property
+    def columns(self) -> list[str]:
+        return self.table.column_names
+
+    def to_json(self) -> dict:
+        """{"columns": [...], "rows": [[...]], "meta": {...}}; timestamps as ISO-8601 UTC."""
+        cols = []
+        for c in self.table.columns:
+            if pa.types.is_decimal(c.type):  # sum() of integers is DECIMAL(38,0) in DuckDB
+                cols.append([None if v is None else int(v) if c.type.scale == 0 else float(v)
+                             for v in c.to_pylist()])  # fmt: skip
+                continue
+            if not (pa.types.is_integer(c.type) or pa.types.is_floating(c.type)
+                    or pa.types.is_boolean(c.type) or pa.types.is_string(c.type)
+                    or pa.types.is_null(c.type)):  # fmt: skip
+                c = (
+                    c.cast(pa.string())
+                    if _castable(c.type)
+                    else pa.array(
+                        [None if v is None else str(v) for v in c.to_pylist()], pa.string()
+                    )
+                )
+            cols.append(c.to_pylist())
+        rows = [list(r) for r in zip(*cols, strict=True)] if cols else []
+        return {"columns": self.columns, "rows": rows, "meta": self.meta}
+
+
+class QueryEngine:
+    """One engine per store. `ensure_sources({table: kernel_filters})` (optional) is how a live
+    query asks the capture side to start what it needs; the capture side applies the filters
+    only where that is sound (no other consumer of the source) and returns, for each source it
+    started, the filters it applied."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        workers: int = 2,
+        timeout_s: float = 10.0,
+        memory_bytes: int = 1 << 30,
+        default_limit: int = 1000,
+        max_limit: int = 100_000,
+        max_result_bytes: int = 8 << 20,
+        max_sql_bytes: int = 64_000,
+        ensure_sources: Callable[[dict[str, dict]], dict[str, dict]] | None = None,
+        pushdown: bool = True,
+        flush: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.timeout_s = timeout_s
+        self.memory_bytes = memory_bytes
+        self.default_limit = default_limit
+        self.max_limit = max_limit
+        self.max_result_bytes = max_result_bytes
+        self.max_sql_bytes = max_sql_bytes
+        self.ensure_sources = ensure_sources
+        self.pushdown = pushdown
+        self.flush = flush
+        self.pool = WorkerPool(workers, memory_bytes)
+
+    def check(self, sql: str):
+        return validate(sql, set(self.store.tables), max_sql_bytes=self.max_sql_bytes)
+
+    def query(
+        self,
+        sql: str,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+        live_seconds: float | None = None,
+    ) -> QueryResult:
+        t0 = time.perf_counter()
+        checked = self.check(sql)
+        limit = self.default_limit if limit is None else limit
+        if not 1 <= limit <= self.max_limit:
+            raise QueryRejected(f"limit must be between 1 and {self.max_limit}; got {limit}")
+        now = time.time_ns()
+        since_ns, until_ns = parse_time(since, now), parse_time(until, now)
+        if since_ns is not None and until_ns is not None and until_ns <= since_ns:
+            raise QueryRejected("until must be later than since")
+        started: dict[str, dict] = {}
+        if live_seconds is not None:
+            if not 0 < live_seconds <= 300:
+                raise QueryRejected("live_seconds must be between 0 and 300")
+            if self.ensure_sources is None:
+                raise QueryRejected("live queries need the capture engine (run the server)")
+            wanted = {
+                t: kernel_filters(checked.sql, t, SOURCES[t].pushdown)
+                if self.pushdown and t in SOURCES else {}
+                for t in checked.tables
+            }  # fmt: skip
+            started = self.ensure_sources(wanted)
+            since_ns = since_ns if since_ns is not None else time.time_ns()
+            time.sleep(live_seconds)
+            if self.flush:
+                self.flush()
+        snap = self.store.snapshot(sorted(checked.tables))
+        tables = {}
+        for name in checked.tables:
+            st = self.store.tables[name]
+            segs = [s for s in snap[name] if _seg_overlaps(self.store, name, s, since_ns, until_ns)]
+            tables[name] = {"schema": st.schema.serialize().to_pybytes(), "segments": segs}
+        request = {
+            "sql": checked.sql,
+            "tables": tables,
+            "since_ns": since_ns,
+            "until_ns": until_ns,
+            "limit": limit,
+            "max_bytes": self.max_result_bytes,
+        }
+        resp = self.pool.run(request, self.timeout_s)
+        table = pa.ipc.open_stream(resp["arrow"]).read_all()
+        sources = {}
+        for name in sorted(checked.tables):
+            m = self.store.window_meta(name, since_ns, until_ns)
+            m["started_now"] = name in started
+            if name in started:
+                m["kernel_filters"] = started[name]
+            sources[name] = m
+        meta = {
+            "rows": table.num_rows,
+            "truncated": resp["truncated"],
+            "bytes": resp["bytes"],
+            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+            "since": _iso(since_ns),
+            "until": _iso(until_ns),
+            "sources": sources,
+        }
+        return QueryResult(table, meta)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _castable(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_timestamp(t)
+        or pa.types.is_date(t)
+        or pa.types.is_time(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_string(t)
+    )
+
+
+def _seg_overlaps(store: Store, table: str, seg: dict, since_ns, until_ns) -> bool:
+    for s in store.tables[table].segments:
+        if str(s.path) == seg["path"]:
+            return not s.sealed or s.overlaps(since_ns, until_ns)
+    return False
+
+
+def _iso(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    import numpy as np
+
+    return str(np.datetime64(ns, "ns")) + "Z"
