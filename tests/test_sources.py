@@ -214,3 +214,22 @@ def test_record_layout_matches_the_bpf_object(name: str) -> None:
     dt = src.record
     np_fields = {n: dt.fields[n][1] for n in dt.names}
     assert np_fields == btf_fields
+
+
+def test_pid_filter_applies_to_the_pid_a_row_carries(capture) -> None:
+    """A fork row carries the child's pid: a filter on the parent's pid must not let it in
+    (the kernel checks the row's identity, not the task that happens to run the hook)."""
+    cap, col = capture
+    parent = subprocess.Popen(
+        [PY, "-c", "import subprocess, sys\nsys.stdin.readline()\n"
+         "subprocess.run(['/bin/true'])\nsys.stdin.readline()\n"],
+        stdin=subprocess.PIPE,
+    )  # fmt: skip
+    cap.start("process", filters={"pid": [parent.pid]})
+    parent.stdin.write(b"go\n")
+    parent.stdin.flush()
+    parent.communicate(b"end\n")
+    rows = col.wait_rows("process", lambda r: r["event"] == "exit")
+    assert rows and {r["pid"] for r in rows} == {parent.pid}
+    cap.stop("process")
+    assert {r["pid"] for r in col.rows("process", lambda r: True)} == {parent.pid}

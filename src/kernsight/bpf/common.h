@@ -88,16 +88,16 @@ static __always_inline struct ks_config *ks_cfg(void)
 	return bpf_map_lookup_elem(&ks_config_map, &zero);
 }
 
-/* True when the current task passes the filters. Cheap when no filter is set. */
-static __always_inline bool ks_want_current(struct ks_config *cfg)
+/* True when a row for (pid, tid), made by the current task, passes the filters: pid and tid
+ * are those the row will carry (a fork row carries the child's); uid, comm and cgroup are the
+ * current task's, which a forked child shares. Cheap when no filter is set. */
+static __always_inline bool ks_want(struct ks_config *cfg, __u32 pid, __u32 tid)
 {
 	if (!cfg)
 		return true;
 	__u32 flags = cfg->flags;
 	if (!flags)
 		return true;
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 pid = pid_tgid >> 32, tid = (__u32)pid_tgid;
 	if ((flags & KS_SKIP_SELF) && pid == cfg->self_pid)
 		return false;
 	if ((flags & KS_F_PID) && !bpf_map_lookup_elem(&filter_pid, &pid))
@@ -121,6 +121,12 @@ static __always_inline bool ks_want_current(struct ks_config *cfg)
 			return false;
 	}
 	return true;
+}
+
+static __always_inline bool ks_want_current(struct ks_config *cfg)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	return ks_want(cfg, pid_tgid >> 32, (__u32)pid_tgid);
 }
 
 static __always_inline bool ks_want_nr(struct ks_config *cfg, __u32 nr)

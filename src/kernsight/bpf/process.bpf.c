@@ -99,16 +99,17 @@ SEC("tp_btf/sched_process_fork")
 int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 {
 	/* Only new processes: a thread shares its parent's thread group. */
-	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+	__u32 pid = BPF_CORE_READ(child, tgid), tid = BPF_CORE_READ(child, pid);
+	if (tid != pid)
 		return 0;
-	if (!ks_want_current(ks_cfg()))
+	if (!ks_want(ks_cfg(), pid, tid)) /* filter on what the row carries: the child */
 		return 0;
 	struct process_event *e = KS_RESERVE(struct process_event);
 	if (!e)
 		return 0;
 	ks_fill_current(&e->h);
-	e->h.pid = BPF_CORE_READ(child, tgid);
-	e->h.tid = BPF_CORE_READ(child, pid);
+	e->h.pid = pid;
+	e->h.tid = tid;
 	e->kind = EV_FORK;
 	e->ppid = BPF_CORE_READ(parent, tgid);
 	BPF_CORE_READ_STR_INTO(&e->parent_comm, parent, comm);

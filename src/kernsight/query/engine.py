@@ -120,6 +120,10 @@ class QueryEngine:
             time.sleep(live_seconds)
             if self.flush:
                 self.flush()
+        elif self.ensure_sources is not None:
+            # Naming a table that is not captured starts it; `started_now` tells the caller
+            # that its history begins now.
+            started = self.ensure_sources({t: {} for t in checked.tables})
         snap = self.store.snapshot(sorted(checked.tables))
         tables = {}
         for name in checked.tables:

@@ -1,0 +1,157 @@
+"""The running kernsight: capture -> store | subscriptions, the query engine over the store,
+sources started on demand and stopped when nothing needs them, retention on a timer.
+
+The server (MCP) and the live view sit on top of this; it knows nothing of MCP.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import __version__
+from .capture import Batch, Capture
+from .query.engine import QueryEngine
+from .query.subscribe import Subscriptions
+from .sources import SOURCES
+from .store.store import Store
+
+DEFAULT_SOURCES = ("process", "files", "syscall_stats")
+
+
+class Runtime:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        sources: tuple[str, ...] = DEFAULT_SOURCES,
+        max_age_s: float = 3600.0,
+        max_bytes: int = 1 << 30,
+        idle_stop_s: float = 300.0,
+        query_timeout_s: float = 10.0,
+        query_memory_bytes: int = 1 << 30,
+        query_workers: int = 2,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.started_at = time.time()
+        self.default_sources = tuple(sources)
+        self.idle_stop_s = idle_stop_s
+        schemas = {n: s.schema() for n, s in SOURCES.items()}
+        self.store = Store(self.state_dir / "store", schemas, max_age_s=max_age_s,
+                           max_bytes=max_bytes)  # fmt: skip
+        self.capture = Capture()
+        self.subscriptions = Subscriptions(schemas)
+        self.engine = QueryEngine(
+            self.store,
+            ensure_sources=self._ensure_sources,
+            flush=self.capture.flush,
+            timeout_s=query_timeout_s,
+            memory_bytes=query_memory_bytes,
+            workers=query_workers,
+        )
+        self._listeners: list[Callable[[Batch], None]] = []
+        self._last_used: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self.capture.subscribe(self._on_batch)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        for name in self.default_sources:
+            self.capture.start(name)
+        self.capture.run_in_thread()
+        self._timer = threading.Thread(target=self._housekeeping, name="kernsight-housekeeping",
+                                       daemon=True)  # fmt: skip
+        self._timer.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._timer:
+            self._timer.join(timeout=5)
+        self.capture.close()
+        self.subscriptions.close()
+        self.engine.close()
+        self.store.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- data path ---------------------------------------------------------------------------
+    def _on_batch(self, batch: Batch) -> None:
+        self.store.append(batch.source, batch.data, batch.seq, batch.lost_total)
+        self.subscriptions.on_batch(batch)
+        for fn in list(self._listeners):
+            fn(batch)
+
+    def add_listener(self, fn: Callable[[Batch], None]) -> None:
+        self._listeners.append(fn)
+
+    def _ensure_sources(self, wanted: dict[str, dict]) -> dict[str, dict]:
+        """Start what a query needs. Other consumers share a running source, so kernel filters
+        are not applied here (they would hide rows from the store and other agents)."""
+        started: dict[str, dict] = {}
+        with self._lock:
+            for name in wanted:
+                self._last_used[name] = time.monotonic()
+                if name not in self.capture.running():
+                    self.capture.start(name)
+                    started[name] = {}
+        return started
+
+    def use(self, tables: set[str] | frozenset[str]) -> dict[str, dict]:
+        """A query or subscription names these tables: make sure they are captured."""
+        return self._ensure_sources({t: {} for t in tables if t in SOURCES})
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(5.0):
+            try:
+                self.store.enforce_retention()
+                self._stop_idle_sources()
+            except Exception as e:  # keep going; shown in status
+                self.capture.errors.append(f"housekeeping: {type(e).__name__}: {e}")
+
+    def _stop_idle_sources(self) -> None:
+        needed = set(self.default_sources) | self.subscriptions.tables_needed()
+        now = time.monotonic()
+        with self._lock:
+            for name in self.capture.running():
+                if name in needed:
+                    continue
+                if now - self._last_used.get(name, now) > self.idle_stop_s:
+                    self.capture.stop(name)
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self) -> dict:
+        stats = self.capture.stats()
+        store = self.store.stats()
+        return {
+            "version": __version__,
+            "kernel": platform.release(),
+            "hostname": platform.node(),
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "sources": {
+                name: {
+                    "running": name in stats,
+                    "events_per_s": round(stats[name].rate, 1) if name in stats else 0.0,
+                    "delivered": stats[name].delivered if name in stats else 0,
+                    "lost": stats[name].lost if name in stats else 0,
+                    "expired": store[name]["expired"],
+                    "stored_rows": store[name]["rows"],
+                    "heavy": SOURCES[name].heavy,
+                }
+                for name in SOURCES
+            },
+            "store_bytes": sum(t["bytes"] for t in store.values()),
+            "subscriptions": len(self.subscriptions.list()),
+            "errors": self.capture.errors[-5:],
+        }

@@ -1,0 +1,46 @@
+"""The runtime that the server stands on: sources on demand, status, idle stop."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from kernsight.runtime import Runtime
+
+pytestmark = pytest.mark.bpf
+
+
+def test_runtime_queries_subscriptions_and_sources_on_demand(tmp_path) -> None:
+    with Runtime(tmp_path / "state", sources=("process",), idle_stop_s=0.5) as rt:
+        rt.start()
+        sub = rt.subscriptions.create("SELECT pid, argv FROM process WHERE event = 'exec'")
+        tag = uuid.uuid4().hex[:10]
+        child = subprocess.Popen(["/bin/echo", tag], stdout=subprocess.DEVNULL)
+        child.wait()
+        got = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            r = rt.subscriptions.poll(sub, wait_ms=1000)
+            got = [x for x in r.rows.to_pylist() if tag in x["argv"]]
+        assert got == [{"pid": child.pid, "argv": f"/bin/echo {tag}"}]
+
+        time.sleep(0.3)
+        rt.capture.flush()
+        q = rt.engine.query(f"SELECT count(*) FROM process WHERE argv LIKE '%{tag}%'")
+        assert q.to_json()["rows"] == [[1]]
+
+        assert "files" not in rt.capture.running()
+        r = rt.engine.query("SELECT count(*) FROM files")
+        assert r.meta["sources"]["files"]["started_now"] is True
+        assert "files" in rt.capture.running()
+        st = rt.status()
+        assert st["sources"]["files"]["running"] and st["sources"]["process"]["delivered"] > 0
+        assert st["subscriptions"] == 1 and st["kernel"]
+
+        time.sleep(0.6)
+        rt._stop_idle_sources()  # the housekeeping thread does this every few seconds
+        assert "files" not in rt.capture.running()
+        assert "process" in rt.capture.running()  # a default source stays on
