@@ -301,7 +301,7 @@ def _check_text(sql: str, known: _Known) -> tuple[str, set[str]]:
         if kind:
             raise QueryRejected(
                 f"statement type {kind} is not allowed{after_with}; "
-                "only a single SELECT query is"
+                "only a single read-only SELECT query (optionally with WITH) is accepted"
             )
         raise QueryRejected(f"expected a SELECT query, got {_snippet(body)!r}")
 
