@@ -44,3 +44,25 @@ def test_runtime_queries_subscriptions_and_sources_on_demand(tmp_path) -> None:
         rt._stop_idle_sources()  # the housekeeping thread does this every few seconds
         assert "files" not in rt.capture.running()
         assert "process" in rt.capture.running()  # a default source stays on
+
+
+def test_live_view_shows_sources_and_a_real_exec(tmp_path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from kernsight.server.liveview import LiveView
+
+    with Runtime(tmp_path / "state", sources=("process", "syscall_stats")) as rt:
+        buf = io.StringIO()
+        view = LiveView(rt, "MCP endpoint: http://127.0.0.1:1/mcp", Console(file=buf, width=160))
+        rt.start()
+        tag = uuid.uuid4().hex[:10]
+        subprocess.run(["/bin/echo", f"{tag}\x1b[2J"], stdout=subprocess.DEVNULL)
+        time.sleep(1.5)
+        rt.capture.flush()
+        view.console.print(view.render())
+        out = buf.getvalue()
+        assert "MCP endpoint" in out and "syscall_stats" in out and "process" in out
+        assert f"/bin/echo {tag}?[2J" in out  # shown, and its escape sequence made inert
+        assert "\x1b[2J" not in out

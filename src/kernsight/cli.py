@@ -344,6 +344,9 @@ def serve(
     oauth_issuer: str = typer.Option(None, help="OAuth: accept JWTs from this issuer"),
     oauth_audience: str = typer.Option(None, help="OAuth: required audience"),
     oauth_jwks: str = typer.Option(None, help="OAuth: the issuer's JWKS URL"),
+    view: bool = typer.Option(
+        None, "--view/--no-view", help="HTTP: live panel on stderr (default: on a terminal)"
+    ),
 ) -> None:  # fmt: skip
     """Serve MCP to agents: stdio by default (only MCP on stdout), or Streamable HTTP."""
     from .server import serve as srv
@@ -360,7 +363,7 @@ def serve(
         oauth_issuer=oauth_issuer, oauth_audience=oauth_audience, oauth_jwks=oauth_jwks,
     )  # fmt: skip
     try:
-        srv.run_http(state_dir(), cfg)
+        srv.run_http(state_dir(), cfg, view=view)
     except (ValueError, PermissionError, KernelError) as e:
         _fail(e)
 

@@ -209,7 +209,10 @@ def usage(state_dir: Path, url: str) -> str:
     )
 
 
-def run_http(state_dir: Path, cfg: HttpConfig, limits: Limits | None = None) -> None:
+def run_http(
+    state_dir: Path, cfg: HttpConfig, limits: Limits | None = None, view: bool | None = None
+) -> None:
+    """view: the live panel on stderr (default: when stderr is a terminal)."""
     import uvicorn
 
     setup_logging()
@@ -219,17 +222,26 @@ def run_http(state_dir: Path, cfg: HttpConfig, limits: Limits | None = None) -> 
     try:
         mcp = KernsightMCP(rt, limits)
         app = http_app(mcp, cfg)
-        print("kernsight MCP server on Streamable HTTP (protocol 2025-11-25 and 2026-07-28)",
-              file=sys.stderr)  # fmt: skip
         if cfg.auth:
-            print(usage(state_dir, cfg.url) + ("\n  (token generated now)" if created else ""),
-                  file=sys.stderr)  # fmt: skip
+            connect = usage(state_dir, cfg.url) + ("\n  (token generated now)" if created else "")
         else:
-            print(f"MCP endpoint: {cfg.url}\nWARNING: auth disabled (--no-auth); loopback only",
-                  file=sys.stderr)  # fmt: skip
+            connect = f"MCP endpoint: {cfg.url}\nWARNING: auth disabled (--no-auth); loopback only"
+        header = "kernsight MCP server on Streamable HTTP (protocol 2025-11-25 and 2026-07-28)"
+        panel = None
+        if view if view is not None else sys.stderr.isatty():
+            from .liveview import LiveView
+
+            panel = LiveView(rt, f"{header}\n{connect}")
+            panel.start()
+        else:
+            print(f"{header}\n{connect}", file=sys.stderr)
         sys.stderr.flush()
         config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
                                 access_log=False)  # fmt: skip
-        anyio.run(uvicorn.Server(config).serve)
+        try:
+            anyio.run(uvicorn.Server(config).serve)
+        finally:
+            if panel:
+                panel.stop()
     finally:
         rt.close()
