@@ -39,4 +39,10 @@ if [ ! -d /sys/kernel/tracing/events ]; then
   mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || echo "setup: note: could not mount tracefs" >&2
 fi
 .venv/bin/kernsight build >/dev/null
+
+# The independent MCP client the tests run (the official TypeScript SDK, pinned by its lock file).
+if ! command -v npm >/dev/null 2>&1; then
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+npm ci --prefix tests/ts_client --no-audit --no-fund --loglevel=error >/dev/null
 echo "setup: ready (.venv/bin/kernsight doctor checks this host)"

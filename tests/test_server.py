@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -545,3 +546,42 @@ def test_subscription_resource_notifies_listeners(runtime, mode: str) -> None:
             await c.call_tool("unsubscribe", {"subscription_id": sid})
 
     run(main)
+
+
+# -- an independent client in another language ------------------------------------------------
+
+TS_CLIENT = Path(__file__).resolve().parent / "ts_client"
+
+
+@pytest.mark.bpf
+def test_typescript_sdk_client_queries_and_sees_an_exec(http_server) -> None:
+    """The official TypeScript SDK (npm) against the real server: tools, a query over real
+    kernel data, and a subscription that sees an exec this test makes."""
+    from conftest import REQUIRE_BPF
+
+    node = shutil.which("node")
+    if not node or not (TS_CLIENT / "node_modules" / "@modelcontextprotocol").is_dir():
+        msg = "node or tests/ts_client/node_modules missing (scripts/setup.sh installs them)"
+        if REQUIRE_BPF:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    url, _state, token = http_server
+    tag = f"ts-{uuid.uuid4().hex[:10]}"
+    p = subprocess.Popen([node, "client.mjs", url, token, tag], cwd=TS_CLIENT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout.readline().strip() == "READY", p.stderr.read()
+        echo = subprocess.Popen(["/bin/echo", tag], stdout=subprocess.DEVNULL)
+        echo.wait()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    doc = json.loads(out.strip().splitlines()[-1])
+    assert {"list_tables", "describe_table", "query", "subscribe", "poll", "status"} <= set(
+        doc["tools"]
+    )
+    assert doc["query_error"] is False and doc["query"]["columns"] == ["n"]
+    assert doc["query"]["rows"][0][0] >= 1  # the server's own start is in the store
+    assert doc["rows"] == [[echo.pid, f"/bin/echo {tag}"]], doc
