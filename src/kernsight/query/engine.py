@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class QueryEngine:
         ensure_sources: Callable[[dict[str, dict]], dict[str, dict]] | None = None,
         pushdown: bool = True,
         flush: Callable[[], None] | None = None,
+        threads: int | None = None,
     ) -> None:
         self.store = store
         self.timeout_s = timeout_s
@@ -81,7 +83,10 @@ class QueryEngine:
         self.ensure_sources = ensure_sources
         self.pushdown = pushdown
         self.flush = flush
-        self.pool = WorkerPool(workers, memory_bytes)
+        # Measured (bench/query.py): a 10M-row GROUP BY on two text keys takes 0.49 s on one
+        # DuckDB thread and 0.26 s on two.
+        threads = threads or min(2, os.cpu_count() or 1)
+        self.pool = WorkerPool(workers, memory_bytes, threads)
 
     def check(self, sql: str):
         return validate(sql, set(self.store.tables), max_sql_bytes=self.max_sql_bytes)

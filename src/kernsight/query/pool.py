@@ -33,9 +33,10 @@ class _Worker:
 
 
 class WorkerPool:
-    def __init__(self, size: int = 2, memory_bytes: int = 1 << 30) -> None:
+    def __init__(self, size: int = 2, memory_bytes: int = 1 << 30, threads: int = 1) -> None:
         self.size = size
         self.memory_bytes = memory_bytes
+        self.threads = threads
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -48,7 +49,8 @@ class WorkerPool:
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
         p = subprocess.Popen(
-            [sys.executable, "-m", "kernsight.query.worker", str(fd), str(self.memory_bytes)],
+            [sys.executable, "-m", "kernsight.query.worker", str(fd), str(self.memory_bytes),
+             str(self.threads)],
             pass_fds=[fd], stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         theirs.close()
