@@ -108,10 +108,15 @@ class Source:
     pushdown: ClassVar[tuple[str, ...]] = ("pid", "tid", "uid", "comm", "cgroup_id")
     heavy: ClassVar[bool] = False  # off unless asked for
     polled: ClassVar[bool] = False  # read by polling a map, not from a ring buffer
+    coalesce_s: ClassVar[float] = 0.0  # after reading, wait this long before the next read
+
+    _schema: ClassVar[pa.Schema | None] = None
 
     @classmethod
     def schema(cls) -> pa.Schema:
-        return pa.schema([pa.field(c.name, c.type) for c in cls.columns])
+        if cls.__dict__.get("_schema") is None:  # per subclass, built once
+            cls._schema = pa.schema([pa.field(c.name, c.type) for c in cls.columns])
+        return cls._schema
 
     def decode(self, rec: np.ndarray, boot_offset_ns: int) -> pa.RecordBatch:
         """Records from the ring (a structured array of `record`) -> one record batch."""
