@@ -28,6 +28,17 @@ class QueryResult:
     def columns(self) -> list[str]:
         return self.table.column_names
 
+    def summary(self) -> str:
+        """One line a person or a model reads: size, truncation, completeness per table."""
+        m = self.meta
+        parts = [f"{m['rows']} rows, {m['elapsed_ms']:.0f} ms"]
+        if m["truncated"]:
+            parts.append("TRUNCATED (raise the limit or narrow the query)")
+        for name, s in m["sources"].items():
+            parts.append(f"{name}: lost {s['lost']}, expired {s['expired']}"
+                         + ("" if s["complete"] else " (window incomplete)"))  # fmt: skip
+        return "; ".join(parts)
+
     def to_json(self) -> dict:
         """{"columns": [...], "rows": [[...]], "meta": {...}}; timestamps as ISO-8601 UTC."""
         cols = []

@@ -405,15 +405,8 @@ class KernsightMCP:
             )  # fmt: skip
             doc = res.to_json()
             rows = clean_rows(doc["rows"], L.max_string)
-            meta = doc["meta"]
-            summary = f"{meta['rows']} rows, {meta['elapsed_ms']:.0f} ms"
-            if meta["truncated"]:
-                summary += ", TRUNCATED (raise limit or narrow the query)"
-            for src, m in meta["sources"].items():
-                summary += f"; {src}: lost {m['lost']}, expired {m['expired']}"
-                summary += "" if m["complete"] else " (window incomplete)"
-            text = data_block(doc["columns"], rows, summary, L.text_rows)
-            return result(text, {"columns": doc["columns"], "rows": rows, "meta": meta})
+            text = data_block(doc["columns"], rows, res.summary(), L.text_rows)
+            return result(text, {"columns": doc["columns"], "rows": rows, "meta": doc["meta"]})
 
         async def subscribe(
             ctx: Context,
