@@ -321,5 +321,55 @@ def _print_result(result, fmt: str) -> None:
     err.print(result.summary(), markup=False)
 
 
+# -- MCP server ------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    http: str = typer.Option(
+        None, "--http", metavar="HOST:PORT",
+        help="serve Streamable HTTP on HOST:PORT (e.g. 127.0.0.1:8765) instead of stdio",
+    ),
+    no_auth: bool = typer.Option(False, "--no-auth", help="HTTP without a token (loopback only)"),
+    tokens_file: Path = typer.Option(None, help="YAML/JSON file of extra tokens with scopes"),
+    public_url: str = typer.Option(None, help="the URL clients use for /mcp (behind a proxy)"),
+    allow_host: list[str] = typer.Option([], help="extra allowed Host header values"),
+    oauth_issuer: str = typer.Option(None, help="OAuth: accept JWTs from this issuer"),
+    oauth_audience: str = typer.Option(None, help="OAuth: required audience"),
+    oauth_jwks: str = typer.Option(None, help="OAuth: the issuer's JWKS URL"),
+    view: bool = typer.Option(
+        None, "--view/--no-view", help="HTTP: live panel on stderr (default: on a terminal)"
+    ),
+) -> None:  # fmt: skip
+    """Serve MCP to agents: stdio by default (only MCP on stdout), or Streamable HTTP."""
+    from .server import serve as srv
+
+    if http is None:
+        srv.run_stdio(state_dir())
+        return
+    host, sep, port = http.rpartition(":")
+    if not sep or not port.isdigit():
+        _fail(ValueError(f"--http wants HOST:PORT, got {http!r}"))
+    cfg = srv.HttpConfig(
+        host=host.strip("[]") or "127.0.0.1", port=int(port), auth=not no_auth,
+        tokens_file=tokens_file, public_url=public_url, allowed_hosts=allow_host,
+        oauth_issuer=oauth_issuer, oauth_audience=oauth_audience, oauth_jwks=oauth_jwks,
+    )  # fmt: skip
+    try:
+        srv.run_http(state_dir(), cfg, view=view)
+    except (ValueError, PermissionError, KernelError) as e:
+        _fail(e)
+
+
+@app.command()
+def token(
+    url: str = typer.Option("http://127.0.0.1:8765/mcp", help="the server URL to show"),
+) -> None:
+    """Where the HTTP bearer token is and how to use it (never prints the token)."""
+    from .server import serve as srv
+
+    print(srv.usage(state_dir(), url))
+
+
 if __name__ == "__main__":
     app()
