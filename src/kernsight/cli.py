@@ -19,6 +19,7 @@ from rich.console import Console
 
 from . import __version__
 from .kernel.errors import KernelError
+from .untrusted import safe
 
 app = typer.Typer(
     add_completion=False,
@@ -72,15 +73,6 @@ def doctor() -> None:
 
 
 # -- capture ------------------------------------------------------------------------------
-
-_CTRL = str.maketrans({i: "?" for i in [*range(0x20), 0x7F]})
-
-
-def safe(s: object, width: int | None = None) -> str:
-    """Traced strings are attacker-controlled: no control characters reach the terminal."""
-    text = str(s).translate(_CTRL)
-    return text if width is None or len(text) <= width else text[: width - 1] + "…"
-
 
 def _detail(source: str, r: dict) -> str:
     if source == "process":

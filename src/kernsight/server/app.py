@@ -43,6 +43,7 @@ from .. import __version__
 from ..query.engine import QueryFailed, QueryRejected, QueryResult
 from ..runtime import Runtime
 from ..store import catalog
+from ..untrusted import safe
 
 SCOPES = ("telemetry:read", "alerts:read", "audit:read")
 TELEMETRY = "telemetry:read"
@@ -93,18 +94,9 @@ class RateLimiter:
 
 # -- rendering: what a model reads -----------------------------------------------------------
 
-# C0/C1 controls, line/paragraph separators and bidi overrides (text that displays reordered)
-_CTRL_CODES = [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F),
-               *range(0x2066, 0x206A)]  # fmt: skip
-_CTRL = str.maketrans(dict.fromkeys(_CTRL_CODES, "?"))
-
-
 def clean(value: Any, cap: int) -> Any:
     """Traced strings are attacker-controlled: no control characters, bounded length."""
-    if not isinstance(value, str):
-        return value
-    text = value.translate(_CTRL)
-    return text if len(text) <= cap else text[: cap - 1] + "…"
+    return safe(value, cap) if isinstance(value, str) else value
 
 
 def clean_rows(rows: list[list[Any]], cap: int) -> list[list[Any]]:

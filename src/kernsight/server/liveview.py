@@ -16,14 +16,9 @@ from rich.text import Text
 
 from ..capture import Batch
 from ..runtime import Runtime
+from ..untrusted import safe
 
-_CTRL = str.maketrans({i: "?" for i in [*range(0x20), 0x7F]})
 WINDOW_S = 10.0
-
-
-def _safe(s: object, width: int = 40) -> str:
-    text = str(s).translate(_CTRL)  # traced strings never drive the terminal
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 class LiveView:
@@ -79,7 +74,7 @@ class LiveView:
         for col in ("pid", "comm", "calls"):
             top.add_column(col, justify="right" if col != "comm" else "left")
         for r in self._top():
-            top.add_row(str(r["pid"]), _safe(r["comm"], 16), str(r["count_sum"]))
+            top.add_row(str(r["pid"]), safe(r["comm"], 16), str(r["count_sum"]))
         with self._lock:
             execs = list(self._execs)
         ex = Table(title="latest execs", title_justify="left")
@@ -87,11 +82,11 @@ class LiveView:
         ex.add_column("comm")
         ex.add_column("argv")
         for comm, pid, argv in reversed(execs):
-            ex.add_row(str(pid), _safe(comm, 16), _safe(argv, 60))
+            ex.add_row(str(pid), safe(comm, 16), safe(argv, 60))
         footer = Text(
             f"uptime {st['uptime_s']:.0f}s · store {st['store_bytes'] / 2**20:.1f} MiB · "
             f"subscriptions {st['subscriptions']} · alerts: none yet (no detectors loaded)"
-            + (f" · errors: {_safe(st['errors'][-1], 80)}" if st["errors"] else ""),
+            + (f" · errors: {safe(st['errors'][-1], 80)}" if st["errors"] else ""),
             style="dim",
         )
         return Group(Panel(Text(self.header), title=f"kernsight {st['version']} — "
