@@ -19,14 +19,14 @@ What it does, in one run (all files in one temporary directory, removed at the e
   4. runs the GROUP BY through the real kernsight path (`QueryEngine.query`: validation,
      worker pool, sandboxed DuckDB worker processes, Arrow IPC back), without and with a time
      window (`since`): the first query of each fresh worker (cold: it maps the segments) and
-     the median of the warm runs; the same with the workers' DuckDB at threads=2 (the worker
-     code unchanged, only harden()'s `threads` replaced at spawn); and once right after the
+     the median of the warm runs, with the workers' DuckDB on 1 thread and on 2 (QueryEngine's
+     `threads`; kernsight uses min(2, CPUs)); and once right after the
      store's own pages were dropped from the page cache (posix_fadvise), i.e. from the disk;
   5. runs the same queries in SQLite, without an index, then with an index on ts (for the time
      window) and a covering index on (comm, name, latency_ns) (for the GROUP BY);
   6. splits the worker's time (segment mapping / registration / DuckDB execution) by calling
      `kernsight.query.worker.run_query` in this process on a hardened DuckDB with threads=1
-     (what the worker uses) and threads=2, plus a few diagnostic queries that show what the
+     and threads=2, plus a few diagnostic queries that show what the
      time is spent on.
 
 Reported: store and SQLite sizes on disk and every kernsight/SQLite ratio, and how much CPU
@@ -46,15 +46,12 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -66,8 +63,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from kernsight.query.engine import QueryEngine, _seg_overlaps  # noqa: E402
-from kernsight.query.pool import WorkerPool, _Worker  # noqa: E402
+from kernsight.query.engine import QueryEngine  # noqa: E402
 from kernsight.query.sandbox import harden  # noqa: E402
 from kernsight.query.validate import validate  # noqa: E402
 from kernsight.query.worker import _SegmentCache, run_query  # noqa: E402
@@ -280,52 +276,22 @@ def iso(ns: int) -> str:
     return dt.isoformat().replace("+00:00", "Z")
 
 
-class ThreadsPool(WorkerPool):
-    """WorkerPool whose workers harden DuckDB with another `threads` value: the same worker
-    code (kernsight.query.worker.main), with sandbox.harden's `threads` argument replaced at
-    spawn. Measures, through the real engine path, what changing worker.main() would give."""
-
-    _CODE = (
-        "import sys\n"
-        "from multiprocessing.connection import Connection\n"
-        "import kernsight.query.sandbox as sandbox\n"
-        "import kernsight.query.worker as worker\n"
-        "_harden = sandbox.harden\n"
-        "sandbox.harden = lambda db, **kw: _harden(db, **{{**kw, 'threads': {threads}}})\n"
-        "worker.main(Connection(int(sys.argv[1])), int(sys.argv[2]))\n"
-    )
-
-    def __init__(self, size: int, memory_bytes: int, threads: int) -> None:
-        self.threads = threads
-        super().__init__(size, memory_bytes)
-
-    def _spawn(self) -> _Worker:  # as WorkerPool._spawn, but through _CODE
-        ours, theirs = socket.socketpair()
-        fd = theirs.fileno()
-        p = subprocess.Popen(
-            [sys.executable, "-c", self._CODE.format(threads=self.threads), str(fd),
-             str(self.memory_bytes)],
-            pass_fds=[fd], stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        theirs.close()
-        return _Worker(p, Connection(os.dup(ours.fileno())))
-
-
 def engine_runs(store: Store, sql: str, since: str | None, runs: int, memory: int,
                 workers: int, threads: int | None = None) -> dict:  # fmt: skip
     """Through the real path on a fresh engine: the first query of each worker is cold.
-    threads: replace the workers' DuckDB threads setting (None: as kernsight ships it)."""
-    eng = QueryEngine(store, workers=workers, timeout_s=300.0, memory_bytes=memory)
+    threads: the workers' DuckDB threads (None: as kernsight ships it, min(2, CPUs))."""
+    eng = QueryEngine(store, workers=workers, timeout_s=300.0, memory_bytes=memory,
+                      threads=threads)  # fmt: skip
     _engines.append(eng)
     if threads is not None:
-        eng.pool.close()
-        eng.pool = ThreadsPool(workers, memory, threads)
         probe = {"sql": "SELECT current_setting('threads') AS t", "tables": {}, "since_ns": None,
                  "until_ns": None, "limit": 10, "max_bytes": 1 << 20}  # fmt: skip
         for _ in range(workers):  # both workers (taken in turn from the idle queue)
             got = pa.ipc.open_stream(eng.pool.run(probe, 60.0)["arrow"]).read_all()
             if int(got.column(0)[0].as_py()) != threads:
-                raise RuntimeError(f"patched worker runs DuckDB with threads={got}")
+                raise RuntimeError(
+                    f"worker runs DuckDB with threads={got.column(0)[0].as_py()}, not {threads}"
+                )
     try:
         # Start-up: let every worker process import DuckDB and answer once, on an empty window
         # (a `since` in the future overlaps no segment, so nothing is mapped). These also
@@ -472,12 +438,11 @@ def engine_count(store: Store, memory: int) -> int:
 def worker_request(store: Store, sql: str, since_ns: int | None) -> dict:
     """The request QueryEngine.query sends a worker (same fields, same segment selection)."""
     checked = validate(sql, set(store.tables))
-    snap = store.snapshot(sorted(checked.tables))
+    snap = store.snapshot(sorted(checked.tables), since_ns, None)
     tables = {}
     for name in checked.tables:
-        segs = [s for s in snap[name] if _seg_overlaps(store, name, s, since_ns, None)]
         tables[name] = {"schema": store.tables[name].schema.serialize().to_pybytes(),
-                        "segments": segs}  # fmt: skip
+                        "segments": snap[name]}  # fmt: skip
     return {"sql": checked.sql, "tables": tables, "since_ns": since_ns, "until_ns": None,
             "limit": 1000, "max_bytes": 8 << 20}  # fmt: skip
 
@@ -516,7 +481,7 @@ def split_run(db, req: dict, cache: _SegmentCache) -> dict:
 
 def worker_breakdown(store: Store, queries: dict[str, int | None], runs: int,
                      memory: int) -> dict:  # fmt: skip
-    """run_query called directly, threads=1 (the worker's setting) vs threads=2."""
+    """run_query called directly, threads=1 vs threads=2."""
     out: dict = {}
     for threads in (1, 2):
         for label, since_ns in queries.items():
@@ -794,7 +759,8 @@ def markdown(res: dict) -> str:
              f"{a['memory_gib']} GiB (RLIMIT_DATA of each worker; DuckDB memory_limit is half "
              f"of it), timeout 300 s; a fresh engine per query, so the first query on each of "
              f"the 2 workers is cold (it maps the segments); warm = median of the "
-             f"{a['runs']} runs after those. The worker runs DuckDB with threads=1.")  # fmt: skip
+             f"{a['runs']} runs after those. These rows pin the workers' DuckDB "
+             "to threads=1.")  # fmt: skip
     L.append("")
     if sq:
         L.append(
@@ -882,7 +848,7 @@ def markdown(res: dict) -> str:
         r = res["kernsight_query_threads2"][key]
         w = r["warm_s"]
         cold = " / ".join(f"{x:.3f}" for x in r["cold_s"])
-        L.append(f"| {title}: worker DuckDB **threads=2** (patched in at spawn), warm median; "
+        L.append(f"| {title}: worker DuckDB **threads=2** (the default on 2+ CPUs), warm median; "
                  f"cold | **{_s(r['warm_median_s'])}** ({min(w):.3f}-{max(w):.3f}); {cold} s | "
                  f"- | - |")  # fmt: skip
     if sq:
@@ -1035,7 +1001,7 @@ def main() -> int:
         for key, since in (("group", None), ("window", iso(since_ns))):
             _log(f"kernsight query ({key}) through QueryEngine")
             meter = CpuMeter()
-            kq[key] = engine_runs(store, Q_GROUP, since, args.runs, memory, workers=2)
+            kq[key] = engine_runs(store, Q_GROUP, since, args.runs, memory, workers=2, threads=1)
             kq[key]["cpu"] = meter.stop()
             _log(f"  cold {kq[key]['cold_s']}, warm {kq[key]['warm_s']}")
         kq2 = {}

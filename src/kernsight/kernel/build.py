@@ -128,8 +128,3 @@ def compile_bpf(src: Path, obj: Path, include_dir: Path) -> None:
 
 def build_all(force: bool = False) -> list[Path]:
     return [build(n, force=force) for n in sources()]
-
-
-def object_digest(path: Path) -> str:
-    """SHA-256 of a built object: what the audit log records as 'the program we loaded'."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()

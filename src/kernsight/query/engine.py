@@ -140,12 +140,11 @@ class QueryEngine:
             # Naming a table that is not captured starts it; `started_now` tells the caller
             # that its history begins now.
             started = self.ensure_sources({t: {} for t in checked.tables})
-        snap = self.store.snapshot(sorted(checked.tables))
+        snap = self.store.snapshot(sorted(checked.tables), since_ns, until_ns)
         tables = {}
         for name in checked.tables:
             st = self.store.tables[name]
-            segs = [s for s in snap[name] if _seg_overlaps(self.store, name, s, since_ns, until_ns)]
-            tables[name] = {"schema": st.schema.serialize().to_pybytes(), "segments": segs}
+            tables[name] = {"schema": st.schema.serialize().to_pybytes(), "segments": snap[name]}
         request = {
             "sql": checked.sql,
             "tables": tables,
@@ -186,13 +185,6 @@ def _castable(t: pa.DataType) -> bool:
         or pa.types.is_binary(t)
         or pa.types.is_large_string(t)
     )
-
-
-def _seg_overlaps(store: Store, table: str, seg: dict, since_ns, until_ns) -> bool:
-    for s in store.tables[table].segments:
-        if str(s.path) == seg["path"]:
-            return not s.sealed or s.overlaps(since_ns, until_ns)
-    return False
 
 
 def _iso(ns: int | None) -> str | None:

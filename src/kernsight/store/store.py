@@ -203,14 +203,21 @@ class Store:
         return expired
 
     # -- reading -----------------------------------------------------------------------------
-    def snapshot(self, tables: list[str] | None = None) -> dict[str, list[dict]]:
-        """What a reader may read right now: per table, segments with their committed length."""
+    def snapshot(
+        self,
+        tables: list[str] | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+    ) -> dict[str, list[dict]]:
+        """What a reader may read right now: per table, the segments that can hold rows of the
+        window (the open one always: its time range still grows), with their committed length."""
         with self._lock:
             return {
-                name: [s.describe() for s in st.segments]
+                name: [s.describe() for s in st.segments
+                       if not s.sealed or s.overlaps(since_ns, until_ns)]
                 for name, st in self.tables.items()
                 if tables is None or name in tables
-            }
+            }  # fmt: skip
 
     def window_meta(
         self, table: str, since_ns: int | None = None, until_ns: int | None = None
