@@ -95,7 +95,8 @@ def test_rule_files_ids_and_user_overrides(tmp_path: Path) -> None:
     assert all(r.tags and r.severity and r.description for r in defaults)
     user = tmp_path / "user"
     user.mkdir()
-    (user / "mine.yaml").write_text(textwrap.dedent("""\
+    (user / "mine.yaml").write_text(
+        textwrap.dedent("""\
         rules:
           - id: exec-from-temp-dir
             title: replaced
@@ -106,7 +107,8 @@ def test_rule_files_ids_and_user_overrides(tmp_path: Path) -> None:
             tags: [T1059]
             output: "{filename}"
             enabled: false
-        """))
+        """)
+    )
     merged = {r.id: r for r in load_rules(TABLES, [user])}
     assert merged["exec-from-temp-dir"].title == "replaced"
     assert not merged["exec-from-temp-dir"].enabled and len(merged) == len(defaults)
