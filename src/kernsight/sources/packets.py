@@ -52,7 +52,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..kernel import tc
-from ..kernel.errors import KernelError
 from .base import COMMON_COLUMNS, HEADER_DTYPE, Column, Source, cstrings, header_columns
 
 if TYPE_CHECKING:
@@ -215,10 +214,7 @@ class Packets(Source):
     # -- kernel side -----------------------------------------------------------------------
     def attach(self, rs: RunningSource) -> None:
         tc.sweep("packets", set(PROGRAMS.values()))  # what a killed run's leaked fds hold
-        self.watched = tc.resolve(self.specs, self.loopback)
-        if not self.watched:
-            raise KernelError("packets: no interface to watch (none is up)",
-                              fix="name some with --interfaces")  # fmt: skip
+        self.watched = tc.resolve(self.specs, self.loopback)  # none up: an idle source
         flags = rs.obj.map("if_flags")
         links = []
         for iface in self.watched:
