@@ -11,8 +11,8 @@ fi
 
 # clang/bpftool/libbpf-dev build the BPF programs; linux-libc-dev names syscalls;
 # bpftrace is the peer the benchmarks compare against; iproute2/tcpdump/iperf3/ping for network
-# tests.
-packages=(clang llvm libbpf-dev bpftool linux-libc-dev bpftrace iproute2 tcpdump iperf3 util-linux
+# tests; git for the benign-workload test.
+packages=(clang llvm libbpf-dev bpftool linux-libc-dev bpftrace iproute2 tcpdump iperf3 util-linux git
           iputils-ping)
 missing=()
 for p in "${packages[@]}"; do

@@ -462,3 +462,51 @@ def test_arrow_kernels_agree_with_duckdb_on_real_and_edge_rows(rt) -> None:
             )
             checked += data.num_rows
     assert checked > 1000
+
+
+@pytest.mark.bpf
+def test_cli_rules_list_test_and_alerts(rt, tmpdir_in_tmp: Path, monkeypatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from kernsight.cli import app
+
+    monkeypatch.setenv("KERNSIGHT_STATE_DIR", str(rt.state_dir))  # --state-dir sets it; undone
+
+    def ks(*args: str):  # noqa: ANN202  (in-process: the same code as the command)
+        return CliRunner().invoke(app, ["--state-dir", str(rt.state_dir), *args])
+
+    exe = tmpdir_in_tmp / "cli-true"
+    shutil.copy("/bin/true", exe)
+    child = subprocess.Popen([str(exe)])
+    child.wait()
+    wait_alert(rt, "exec-from-temp-dir", child.pid)
+    rt.capture.flush()
+    rt.detector.flush()
+    mine = tmpdir_in_tmp / "mine.yaml"
+    mine.write_text(
+        textwrap.dedent("""\
+        rules:
+          - id: cli-true-ran
+            title: cli-true ran
+            description: a rule tried on stored data
+            source: process
+            condition: "event = 'exec' AND comm = 'cli-true'"
+            severity: medium
+            tags: [T1036]
+            output: "{comm} pid {pid} ran {filename}"
+        """)
+    )
+    r = ks("rules", "test", str(mine))
+    assert r.exit_code == 0, r.output
+    assert "1 rules, valid" in r.stdout and f"cli-true pid {child.pid} ran {exe}" in r.stdout
+    mine.write_text(mine.read_text().replace("comm = 'cli-true'", "nosuch = 1"))
+    r = ks("rules", "test", str(mine))
+    assert r.exit_code == 2 and "unknown column 'nosuch'" in r.stderr and "cli-true-ran" in r.stderr
+    r = ks("rules", "list")
+    assert r.exit_code == 0 and "test-many-temp-opens" in r.stdout and "reverse-shell" in r.stdout
+    r = ks("alerts", "--rule", "exec-from-temp-dir", "--json", "--since", "5m")
+    doc = json.loads(r.stdout)
+    pid_col = doc["columns"].index("pid")
+    assert child.pid in [row[pid_col] for row in doc["rows"]]

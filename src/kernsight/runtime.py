@@ -19,7 +19,7 @@ from . import __version__
 from .capture import Batch, Capture
 from .detect import alerts
 from .detect.engine import Detector
-from .detect.rules import load_rules
+from .detect.rules import load_rules, user_dirs
 from .query.engine import QueryEngine
 from .query.subscribe import Subscriptions
 from .sources import SOURCES
@@ -45,7 +45,8 @@ class Runtime:
         alert_rate_limit_s: float = 60.0,
         source_options: dict[str, dict] | None = None,
     ) -> None:
-        """rules_dirs: user rule directories besides <state_dir>/rules (later ones win).
+        """rules_dirs: user rule directories besides <state_dir>/rules and KERNSIGHT_RULES
+        (later ones win; see detect.rules.user_dirs).
         source_options: per source, its constructor's options, e.g.
         {"packets": {"interfaces": ["eth0", "NETNS/veth0"]}}."""
         self.state_dir = Path(state_dir)
@@ -56,8 +57,7 @@ class Runtime:
         schemas = {n: s.schema() for n, s in SOURCES.items()}
         tables = schemas | {alerts.NAME: alerts.SCHEMA}
         # Rules load first: a bad rule file stops the start with its error, before any capture.
-        user = [self.state_dir / "rules"] if (self.state_dir / "rules").is_dir() else []
-        rules = load_rules(schemas, [*user, *map(Path, rules_dirs)]) if detect else []
+        rules = load_rules(schemas, user_dirs(self.state_dir, rules_dirs)) if detect else []
         self.store = Store(self.state_dir / "store", tables, max_age_s=max_age_s,
                            max_bytes=max_bytes)  # fmt: skip
         self.capture = Capture(source_options)

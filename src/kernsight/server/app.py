@@ -41,7 +41,7 @@ from mcp_types import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
-from ..detect.rules import SEVERITIES
+from ..detect.alerts import SEVERITIES
 from ..query.engine import QueryFailed, QueryRejected, QueryResult
 from ..query.timespec import parse_time
 from ..runtime import Runtime
