@@ -12,8 +12,8 @@ fi
 # clang/bpftool/libbpf-dev build the BPF programs; linux-libc-dev names syscalls;
 # bpftrace is the peer the benchmarks compare against; iproute2/tcpdump/iperf3/ping for network
 # tests; git for the benign-workload test.
-packages=(clang llvm libbpf-dev bpftool linux-libc-dev bpftrace iproute2 tcpdump iperf3 util-linux git
-          iputils-ping)
+packages=(clang llvm libbpf-dev bpftool linux-libc-dev bpftrace iproute2 tcpdump iperf3 util-linux
+          iputils-ping git)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
