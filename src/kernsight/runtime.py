@@ -106,9 +106,9 @@ class Runtime:
 
     # -- data path ---------------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
+        self.detector.on_batch(batch)  # first: enqueuing is cheap, the store write is not
         self.store.append(batch.source, batch.data, batch.seq, batch.lost_total)
         self.subscriptions.on_batch(batch)
-        self.detector.on_batch(batch)
         for fn in list(self._listeners):
             fn(batch)
 
