@@ -122,6 +122,8 @@ def count(path: Path) -> int:
 def test_benign_workload_raises_no_high_or_critical_alert(tmp_path: Path) -> None:
     from kernsight.runtime import Runtime
 
+    # A developer's work tree, not /tmp (running what one built in /tmp is a rule of its own)
+    (REPO / ".pytest_cache").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".benign-", dir=REPO / ".pytest_cache"))
     env = {
         "WORK": str(work), "DURATION": str(SECONDS), "PY": sys.executable, "PORT": "0",
