@@ -20,7 +20,7 @@ from .query.subscribe import Subscriptions
 from .sources import SOURCES
 from .store.store import Store
 
-DEFAULT_SOURCES = ("process", "files", "syscall_stats")
+DEFAULT_SOURCES = ("process", "files", "syscall_stats", "security")
 
 
 class Runtime:

@@ -3,9 +3,12 @@
 from .base import RunningSource, Source
 from .files import Files
 from .process import Process
+from .security import Security
 from .syscall_stats import SyscallStats
 from .syscalls import Syscalls
 
-SOURCES: dict[str, type[Source]] = {s.name: s for s in (Process, Files, Syscalls, SyscallStats)}
+SOURCES: dict[str, type[Source]] = {
+    s.name: s for s in (Process, Files, Security, Syscalls, SyscallStats)
+}
 
 __all__ = ["SOURCES", "RunningSource", "Source"]

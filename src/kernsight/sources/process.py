@@ -25,6 +25,9 @@ RECORD = np.dtype(
         ("exe_fstype", "u1", 16),
         ("filename", "u1", 256),
         ("argv", "u1", ARGV_MAX),
+        ("exe_path", "u1", 256),
+        ("ld_preload", "u1"),
+        ("_pad", "u1", 7),
     ]
 )
 
@@ -62,6 +65,18 @@ class Process(Source):
         Column("stdio_sockets", pa.uint8(), "exec: bit i set when fd i (0,1,2) is a socket"),
         Column("exe_memfd", pa.bool_(), "exec: the executed file is an unlinked memfd"),
         Column("exe_fstype", pa.string(), "exec: filesystem type of the executed file (tmpfs...)"),
+        Column(
+            "exe_path",
+            pa.string(),
+            "exec: the executed file (for a script: its "
+            "interpreter), absolute path resolved in the kernel",
+        ),  # fmt: skip
+        Column(
+            "ld_preload",
+            pa.bool_(),
+            "exec: the new environment sets LD_PRELOAD to a "
+            "non-empty value (first 256 env strings scanned)",
+        ),  # fmt: skip
     ]
 
     def decode(self, rec: np.ndarray, boot_offset_ns: int) -> pa.RecordBatch:
@@ -86,5 +101,7 @@ class Process(Source):
             "stdio_sockets": pa.array(rec["stdio_sockets"]),
             "exe_memfd": pa.array(rec["exe_memfd"] != 0),
             "exe_fstype": cstrings(rec["exe_fstype"]),
+            "exe_path": cstrings(rec["exe_path"]),
+            "ld_preload": pa.array(rec["ld_preload"] != 0),
         }
         return pa.RecordBatch.from_pydict(cols, schema=self.schema())
