@@ -21,8 +21,8 @@ PRELUDE = textwrap.dedent(
     """\
     import ctypes, errno, os, socket, struct, sys, time
     libc = ctypes.CDLL(None, use_errno=True)
-    def sc(nr, *args):
-        r = libc.syscall(nr, *args)
+    def sc(nr, *args):  # ints as full 64-bit registers
+        r = libc.syscall(nr, *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
         return r if r >= 0 else -ctypes.get_errno()
     """
 )
