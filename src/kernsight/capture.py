@@ -124,6 +124,10 @@ class Capture:
                 )  # fmt: skip
             return out
 
+    def next_seq(self) -> int:
+        """A number in the global batch sequence, for a batch made outside capture (alerts)."""
+        return next(self._seq)
+
     # -- consumers -----------------------------------------------------------------------
     def subscribe(self, fn: Subscriber) -> None:
         with self._lock:
