@@ -43,8 +43,11 @@ class Runtime:
         rules_dirs: tuple[Path, ...] = (),
         detect: bool = True,
         alert_rate_limit_s: float = 60.0,
+        source_options: dict[str, dict] | None = None,
     ) -> None:
-        """rules_dirs: user rule directories besides <state_dir>/rules (later ones win)."""
+        """rules_dirs: user rule directories besides <state_dir>/rules (later ones win).
+        source_options: per source, its constructor's options, e.g.
+        {"packets": {"interfaces": ["eth0", "NETNS/veth0"]}}."""
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.started_at = time.time()
@@ -57,7 +60,7 @@ class Runtime:
         rules = load_rules(schemas, [*user, *map(Path, rules_dirs)]) if detect else []
         self.store = Store(self.state_dir / "store", tables, max_age_s=max_age_s,
                            max_bytes=max_bytes)  # fmt: skip
-        self.capture = Capture()
+        self.capture = Capture(source_options)
         self.subscriptions = Subscriptions(tables)
         self.detector = Detector(rules, schemas, emit=self._on_alerts,
                                  rate_limit_s=alert_rate_limit_s)  # fmt: skip
@@ -178,7 +181,9 @@ class Runtime:
                     "expired": store[name]["expired"],
                     "stored_rows": store[name]["rows"],
                     "heavy": SOURCES[name].heavy,
-                }
+                    **({"counters": stats[name].extra} if name in stats and stats[name].extra
+                       else {}),
+                }  # fmt: skip
                 for name in SOURCES
             },
             "store_bytes": sum(t["bytes"] for t in store.values()),

@@ -2,13 +2,14 @@
 
 from .base import RunningSource, Source
 from .files import Files
+from .packets import Packets
 from .process import Process
 from .security import Security
 from .syscall_stats import SyscallStats
 from .syscalls import Syscalls
 
 SOURCES: dict[str, type[Source]] = {
-    s.name: s for s in (Process, Files, Security, Syscalls, SyscallStats)
+    s.name: s for s in (Process, Files, Security, Syscalls, SyscallStats, Packets)
 }
 
 __all__ = ["SOURCES", "RunningSource", "Source"]

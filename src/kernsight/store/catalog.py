@@ -12,7 +12,8 @@ from ..sources import SOURCES
 BATCH_COLUMN = ("batch", "UBIGINT", "sequence number of the capture batch this row came in")
 
 _DUCKDB_TYPES = {
-    pa.uint8(): "UTINYINT", pa.uint32(): "UINTEGER", pa.uint64(): "UBIGINT",
+    pa.uint8(): "UTINYINT", pa.uint16(): "USMALLINT", pa.uint32(): "UINTEGER",
+    pa.uint64(): "UBIGINT",
     pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN",
 }  # fmt: skip
 
@@ -22,6 +23,8 @@ def duckdb_type(t: pa.DataType) -> str:
         return duckdb_type(t.value_type) + "[]"
     if pa.types.is_timestamp(t):
         return "TIMESTAMPTZ_NS" if t.tz else "TIMESTAMP_NS"
+    if pa.types.is_list(t):
+        return duckdb_type(t.value_type) + "[]"
     return _DUCKDB_TYPES.get(t, str(t).upper())
 
 
