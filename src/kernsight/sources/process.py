@@ -25,9 +25,10 @@ RECORD = np.dtype(
         ("exe_fstype", "u1", 16),
         ("filename", "u1", 256),
         ("argv", "u1", ARGV_MAX),
-        ("exe_path", "u1", 256),
+        ("exe_seals", "<u4"),
         ("ld_preload", "u1"),
-        ("_pad", "u1", 7),
+        ("_pad", "u1", 3),
+        ("exe_path", "u1", 256),
     ]
 )
 
@@ -66,17 +67,22 @@ class Process(Source):
         Column("exe_memfd", pa.bool_(), "exec: the executed file is an unlinked memfd"),
         Column("exe_fstype", pa.string(), "exec: filesystem type of the executed file (tmpfs...)"),
         Column(
+            "exe_memfd_seals",
+            pa.uint32(),
+            "exec: F_SEAL_* bits of the executed memfd (8 = F_SEAL_WRITE: contents immutable)",
+        ),
+        Column(
             "exe_path",
             pa.string(),
-            "exec: the executed file (for a script: its "
-            "interpreter), absolute path resolved in the kernel",
-        ),  # fmt: skip
+            "exec: the executed file (for a script: its interpreter), absolute path resolved "
+            "in the kernel",
+        ),
         Column(
             "ld_preload",
             pa.bool_(),
-            "exec: the new environment sets LD_PRELOAD to a "
-            "non-empty value (first 256 env strings scanned)",
-        ),  # fmt: skip
+            "exec: the new environment sets LD_PRELOAD to a non-empty value (first 256 env "
+            "strings scanned)",
+        ),
     ]
 
     def decode(self, rec: np.ndarray, boot_offset_ns: int) -> pa.RecordBatch:
@@ -101,6 +107,7 @@ class Process(Source):
             "stdio_sockets": pa.array(rec["stdio_sockets"]),
             "exe_memfd": pa.array(rec["exe_memfd"] != 0),
             "exe_fstype": cstrings(rec["exe_fstype"]),
+            "exe_memfd_seals": pa.array(rec["exe_seals"]),
             "exe_path": cstrings(rec["exe_path"]),
             "ld_preload": pa.array(rec["ld_preload"] != 0),
         }
