@@ -15,10 +15,12 @@ from pathlib import Path
 
 from . import __version__
 from .capture import Batch, Capture
+from .provenance import batch_entry, host_facts, object_digest
 from .query.engine import QueryEngine
 from .query.subscribe import Subscriptions
 from .sources import SOURCES
 from .store.store import Store
+from .trust.log import open_audit
 
 DEFAULT_SOURCES = ("process", "files", "syscall_stats")
 
@@ -35,6 +37,7 @@ class Runtime:
         query_timeout_s: float = 10.0,
         query_memory_bytes: int = 1 << 30,
         query_workers: int = 2,
+        audit: bool = True,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -59,12 +62,21 @@ class Runtime:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
+        # The audit log (trust/): lifecycle, every batch, and (through the server) every tool
+        # call. `audit.record(type, data)` is how any part adds an entry.
+        self.audit = open_audit(self.state_dir / "audit") if audit else None
+        self._batch_lost: dict[str, int] = {}
+        if self.audit is not None:
+            self.audit.begin({**host_facts(), "config": {
+                "sources": list(sources), "max_age_s": max_age_s, "max_bytes": max_bytes,
+                "idle_stop_s": idle_stop_s, "query_timeout_s": query_timeout_s,
+                "query_memory_bytes": query_memory_bytes, "query_workers": query_workers}})
         self.capture.subscribe(self._on_batch)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         for name in self.default_sources:
-            self.capture.start(name)
+            self._start_source(name)
         self.capture.run_in_thread()
         self._timer = threading.Thread(target=self._housekeeping, name="kernsight-housekeeping",
                                        daemon=True)  # fmt: skip
@@ -74,10 +86,28 @@ class Runtime:
         self._stop.set()
         if self._timer:
             self._timer.join(timeout=5)
+        running = self.capture.running()
         self.capture.close()
         self.subscriptions.close()
         self.engine.close()
         self.store.close()
+        if self.audit is not None:
+            final = {n: {"delivered": st.delivered, "lost": st.lost}
+                     for n, st in self.capture.final.items() if n in running}  # fmt: skip
+            self.audit.close({"sources": final, "errors": len(self.capture.errors)})
+
+    def _start_source(self, name: str) -> None:
+        self.capture.start(name)
+        if self.audit is not None:
+            self.audit.record("source_start", {"source": name,
+                                               "bpf_object_sha256": object_digest(name)})
+
+    def _stop_source(self, name: str) -> None:
+        self.capture.stop(name)
+        if self.audit is not None:
+            st = self.capture.final.get(name)
+            self.audit.record("source_stop", {"source": name, "delivered": st and st.delivered,
+                                              "lost": st and st.lost})  # fmt: skip
 
     def __enter__(self) -> Runtime:
         return self
@@ -88,6 +118,13 @@ class Runtime:
     # -- data path ---------------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
         self.store.append(batch.source, batch.data, batch.seq, batch.lost_total)
+        if self.audit is not None:
+            prev = self._batch_lost.get(batch.source, 0)
+            self._batch_lost[batch.source] = batch.lost_total
+            try:
+                self.audit.record("batch", batch_entry(batch, batch.lost_total - prev))
+            except Exception as e:  # the data is kept; the gap is shown in status
+                self.capture.errors.append(f"audit: {type(e).__name__}: {e}")
         self.subscriptions.on_batch(batch)
         for fn in list(self._listeners):
             fn(batch)
@@ -103,7 +140,7 @@ class Runtime:
             for name in wanted:
                 self._last_used[name] = time.monotonic()
                 if name not in self.capture.running():
-                    self.capture.start(name)
+                    self._start_source(name)
                     started[name] = {}
         return started
 
@@ -127,7 +164,7 @@ class Runtime:
                 if name in needed:
                     continue
                 if now - self._last_used.get(name, now) > self.idle_stop_s:
-                    self.capture.stop(name)
+                    self._stop_source(name)
 
     # -- status ------------------------------------------------------------------------------
     def status(self) -> dict:
