@@ -333,9 +333,17 @@ def serve(
     view: bool = typer.Option(
         None, "--view/--no-view", help="HTTP: live panel on stderr (default: on a terminal)"
     ),
+    interfaces: str = typer.Option(
+        None, "--interfaces", envvar="KERNSIGHT_INTERFACES",
+        help="packets: interfaces to watch, comma-separated (NAME or NETNS/NAME; default: "
+        "every interface that is up, loopback excluded)",
+    ),
 ) -> None:  # fmt: skip
     """Serve MCP to agents: stdio by default (only MCP on stdout), or Streamable HTTP."""
     from .server import serve as srv
+
+    if interfaces:  # read by the packets source when it starts
+        os.environ["KERNSIGHT_INTERFACES"] = interfaces
 
     if http is None:
         srv.run_stdio(state_dir())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,17 @@ def object_digest(source: str) -> str | None:
         return hashlib.sha256(path.read_bytes()).hexdigest() if path else None
     except OSError:
         return None
+
+
+def file_digests(paths: Iterable[str]) -> dict[str, str | None]:
+    """SHA-256 of each file (rule packs): what the detectors ran is on record."""
+    out: dict[str, str | None] = {}
+    for p in sorted(set(paths)):
+        try:
+            out[p] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        except OSError:
+            out[p] = None
+    return out
 
 
 def host_facts() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -56,6 +57,7 @@ _sig("bpf_program__name", _c.c_char_p, _P)
 _sig("bpf_program__section_name", _c.c_char_p, _P)
 _sig("bpf_program__set_autoload", _c.c_int, _P, _c.c_bool)
 _sig("bpf_program__attach", _P, _P)
+_sig("bpf_program__fd", _c.c_int, _P)
 _sig("bpf_link__destroy", _c.c_int, _P)
 _sig("bpf_map__name", _c.c_char_p, _P)
 _sig("bpf_map__fd", _c.c_int, _P)
@@ -225,6 +227,10 @@ class Map:
         return 0 if raw is None else int(np.frombuffer(raw, dtype=np.uint64).sum())
 
 
+class Detachable(Protocol):
+    def destroy(self) -> None: ...
+
+
 class Link:
     def __init__(self, ptr: int, program: str) -> None:
         self._ptr: int | None = ptr
@@ -248,7 +254,7 @@ class BPFObject:
     def __init__(self, path: str | Path, autoload: set[str] | None = None) -> None:
         self.path = Path(path)
         self.loaded = False
-        self._links: list[Link] = []
+        self._links: list[Detachable] = []
         ctypes.set_errno(0)
         ptr = _lib.bpf_object__open_file(str(self.path).encode(), None)
         if not ptr:
@@ -315,6 +321,19 @@ class BPFObject:
                     fix="check that the tracepoint exists: kernsight doctor",
                 )
             self._links.append(Link(link, name))
+
+    def program_fd(self, name: str) -> int:
+        for n, prog in self._programs():
+            if n == name:
+                fd = _lib.bpf_program__fd(prog)
+                if fd < 0:
+                    raise KernelError(f"{self.path.name}:{name} is not loaded")
+                return fd
+        raise KernelError(f"{self.path.name}: no program named {name!r}")
+
+    def own(self, link: Detachable) -> None:
+        """Destroy `link` (attached by other means, e.g. kernel/tc.py) when this closes."""
+        self._links.append(link)
 
     def close(self) -> None:
         for link in reversed(self._links):

@@ -2,10 +2,13 @@
 
 from .base import RunningSource, Source
 from .files import Files
+from .packets import Packets
 from .process import Process
 from .syscall_stats import SyscallStats
 from .syscalls import Syscalls
 
-SOURCES: dict[str, type[Source]] = {s.name: s for s in (Process, Files, Syscalls, SyscallStats)}
+SOURCES: dict[str, type[Source]] = {
+    s.name: s for s in (Process, Files, Syscalls, SyscallStats, Packets)
+}
 
 __all__ = ["SOURCES", "RunningSource", "Source"]

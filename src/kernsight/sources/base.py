@@ -126,6 +126,17 @@ class Source:
         """For polled sources: read the kernel's aggregate and return what is new."""
         raise NotImplementedError
 
+    def attach(self, running: RunningSource) -> None:
+        """Attach the loaded programs; tracepoint sources attach by section name."""
+        running.obj.attach_all()
+
+    def detach(self, running: RunningSource) -> None:
+        """Before the object closes (which destroys every link it owns)."""
+
+    def status(self, running: RunningSource) -> dict | None:
+        """Extra counters shown with the source's delivered/lost (status, capture summary)."""
+        return None
+
 
 @dataclass
 class Counters:
@@ -159,11 +170,14 @@ class RunningSource:
             )
             self.obj.load()
             self.set_filters(self.filters)
-            self.obj.attach_all()
+            self.source.attach(self)
             if not self.source.polled:
                 self.ring = RingBuffer(self.obj.map("events"), self.source.record.itemsize)
         except BaseException:
-            self.obj.close()
+            try:
+                self.source.detach(self)
+            finally:
+                self.obj.close()
             raise
 
     @property
@@ -220,7 +234,10 @@ class RunningSource:
         if self.ring:
             self.ring.close()
             self.ring = None
-        self.obj.close()
+        try:
+            self.source.detach(self)
+        finally:
+            self.obj.close()
 
 
 def mmap_pages(nbytes: int) -> int:
