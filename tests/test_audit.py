@@ -378,6 +378,23 @@ def test_duplicate_keys_and_non_canonical_records(small_log) -> None:
 # -- the server: receipts, a real client, kill -9 -----------------------------------------------
 
 
+def test_call_is_refused_when_its_request_cannot_be_logged(tmp_path: Path) -> None:
+    from kernsight.runtime import Runtime
+    from kernsight.server.app import KernsightMCP
+
+    with Runtime(tmp_path, sources=()) as rt:  # not started: no capture needed
+        app = KernsightMCP(rt)
+        rt.audit.close()  # e.g. the disk is gone: appends fail
+
+        async def main() -> None:
+            async with Client(app.server) as c:
+                r = await c.call_tool("subscribe", {"sql": "SELECT pid FROM process"})
+                assert r.is_error and r.content[0].text.startswith("refused: the audit log")
+
+        anyio.run(main)
+        assert rt.subscriptions.list() == []  # the tool did not run
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -438,6 +455,8 @@ def test_receipts_end_to_end_and_kill_9_under_load(tmp_path: Path) -> None:
     async def e2e(c: Client) -> None:
         tools = {t.name: t for t in (await c.list_tools()).tools}
         assert {"audit_checkpoint", "audit_proof", "query"} <= set(tools)
+        for t in tools.values():  # a schema closed to extra properties would reject the receipt
+            assert (t.output_schema or {}).get("additionalProperties", True) is not False, t.name
 
         async def spawn() -> None:
             await anyio.sleep(0.4)
