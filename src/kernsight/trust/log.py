@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .canon import canonical, sha256_hex
+from .canon import canonical_entry, sha256_hex
 from .merkle import MerkleTree, leaf_hash
 from .note import Checkpoint, Signer, load_or_create_signer
 
@@ -187,8 +187,7 @@ class AuditLog:
         if self._closed:
             raise AuditError("the audit log is closed")
         idx = len(self._offsets)
-        rec = canonical({"data": data, "index": idx, "prev": self._prev, "time": time.time_ns(),
-                         "type": type})  # fmt: skip
+        rec = canonical_entry(type, idx, self._prev, time.time_ns(), data)
         if len(rec) > MAX_RECORD:
             raise AuditError(f"audit record of {len(rec)} bytes exceeds {MAX_RECORD}")
         buf = frame(rec)
