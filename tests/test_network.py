@@ -4,6 +4,10 @@ B, the test sends from namespace A with scapy-built frames on a raw socket."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,11 +15,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from kernsight.detect.engine import Detector
+from kernsight.detect.rules import load_rules
 from kernsight.kernel import tc
+from kernsight.sources import SOURCES
 from kernsight.sources.packets import CODE_BIT, CODES
+
+TABLES = {n: src.schema() for n, src in SOURCES.items()}
 
 pytestmark = pytest.mark.bpf
 
@@ -73,11 +83,11 @@ class Pair:
         return subprocess.Popen(["ip", "netns", "exec", self.b, *cmd], **kw)
 
 
-@pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
+@contextlib.contextmanager
+def make_pair() -> Iterator[Pair]:
+    """Two fresh namespaces (unique ks... names) and a veth pair; deleted on the way out."""
     tag = uuid.uuid4().hex[:6]
-    p = Pair(f"ks{tag}a", f"ks{tag}b", f"ks{tag}va", f"ks{tag}vb", "", "",
-             int(tag[:2], 16))  # fmt: skip
+    p = Pair(f"ks{tag}a", f"ks{tag}b", f"ks{tag}va", f"ks{tag}vb", "", "", int(tag[:2], 16))
     try:
         sh("ip", "netns", "add", p.a)
         sh("ip", "netns", "add", p.b)
@@ -94,6 +104,20 @@ def pair() -> Iterator[Pair]:
     finally:
         sh("ip", "netns", "del", p.a, check=False)  # takes the veth pair with it
         sh("ip", "netns", "del", p.b, check=False)
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[Pair]:
+    """The pair the module-wide capture watches."""
+    with make_pair() as p:
+        yield p
+
+
+@pytest.fixture
+def own_pair() -> Iterator[Pair]:
+    """A pair nothing else watches (attach/detach tests)."""
+    with make_pair() as p:
+        yield p
 
 
 class Sender:
@@ -119,20 +143,32 @@ class Sender:
 
 @pytest.fixture(scope="module")
 def watch(pair: Pair) -> Iterator[tuple]:
-    """A capture engine running packets (and drops) on B's end, with a collector."""
+    """A capture engine running packets on B's end and drops, with a collector and the
+    default rule pack evaluating every batch live."""
     from conftest import Collector
 
     from kernsight.capture import Capture
 
     col = Collector()
     cap = Capture(options={"packets": {"interfaces": [pair.watched]}})
+    det = Detector(load_rules(TABLES, []), TABLES, rate_limit_s=60.0)
     cap.subscribe(col)
+    cap.subscribe(det.on_batch)
     cap.start("packets")
+    cap.start("drops")
     cap.run_in_thread()
     try:
-        yield cap, col, Sender(pair)
+        yield cap, col, Sender(pair), det
     finally:
         cap.close()
+        det.close()
+
+
+def net_alerts(det) -> list[dict]:  # noqa: ANN001
+    """The network pack's alerts so far (every batch evaluated first)."""
+    det.flush()
+    page = det.read(None, limit=5000)
+    return [a for a in page.rows if a["rule_id"].startswith("net-")]
 
 
 def rows_for(col, raw: bytes, timeout: float = 5.0) -> list[dict]:  # noqa: ANN001
@@ -171,7 +207,7 @@ assert len(body) > 0
 def test_benign_traffic_gives_no_anomaly(pair: Pair, watch) -> None:
     """Runs first (file order): a 100 MB TCP transfer, IPv6 TCP, HTTP, UDP, fragmented UDP
     datagrams, ICMP and ICMPv6 echo (fragmented too) make no row, and are all counted."""
-    cap, col, tx = watch
+    cap, col, tx, det = watch
     before = _iface_counts(cap, pair)
     servers = []
     try:
@@ -208,6 +244,8 @@ def test_benign_traffic_gives_no_anomaly(pair: Pair, watch) -> None:
     cap.flush()
     rows = col.rows("packets", lambda r: True)
     assert rows == [], f"{len(rows)} anomaly rows from benign traffic: {rows[:5]}"
+    alerts = net_alerts(det)
+    assert alerts == [], f"network alerts from benign traffic: {alerts[:5]}"
     after = _iface_counts(cap, pair)
     got = after["ingress"]["bytes"] - before["ingress"]["bytes"]
     assert got >= 100 * 2**20, f"only {got} bytes counted on ingress"
@@ -301,7 +339,7 @@ def _expect_row(col, raw: bytes, code: str, pair: Pair, l3, addressed: bool) -> 
 
 
 def test_every_anomaly_class_gives_exactly_its_code(pair: Pair, watch) -> None:
-    cap, col, tx = watch
+    cap, col, tx, det = watch
     missing = set(CODES) - set(CASES) - {"FRAG_OVERLAP"}
     assert not missing, f"anomaly codes without a test case: {missing}"
     for code, build in CASES.items():
@@ -314,7 +352,7 @@ def test_every_anomaly_class_gives_exactly_its_code(pair: Pair, watch) -> None:
 
 
 def test_anomaly_variants(pair: Pair, watch) -> None:
-    cap, col, tx = watch
+    cap, col, tx, det = watch
     for name, (code, build) in VARIANTS.items():
         l3 = build(pair)
         frame = tx.frame(l3)
@@ -327,7 +365,7 @@ def test_anomaly_variants(pair: Pair, watch) -> None:
 def test_overlapping_fragments(pair: Pair, watch) -> None:
     """Per-datagram state in the kernel: the first fragment is fine, the one that overlaps it
     is flagged; IPv4 and IPv6."""
-    cap, col, tx = watch
+    cap, col, tx, det = watch
     first = _v4(pair, id=4242, flags="MF", frag=0, proto=17) / Raw(b"\x9c\x99\x00\x09" + b"a" * 36)
     second = _v4(pair, id=4242, flags="MF", frag=3, proto=17) / Raw(b"b" * 24)  # [24, 48)
     raw1 = tx.send(tx.frame(first))
@@ -344,10 +382,247 @@ def test_overlapping_fragments(pair: Pair, watch) -> None:
 
 def test_vlan_tags_are_parsed(pair: Pair, watch) -> None:
     """802.1Q and QinQ: the anomaly behind the tags is found, the VLAN id reported."""
-    cap, col, tx = watch
+    cap, col, tx, det = watch
     for sport, tags in ((40201, Dot1Q(vlan=42)), (40202, Dot1AD(vlan=7) / Dot1Q(vlan=43))):
         l3 = _v4(pair) / TCP(sport=sport, dport=80, flags="SF")
         tx.send(Ether(src=pair.mac_a, dst=pair.mac_b) / tags / l3)
         rows = col.wait_rows("packets", lambda r, s=sport: r["sport"] == s)
         assert len(rows) == 1 and rows[0]["anomalies"] == ["TCP_SYN_FIN"], rows
         assert rows[0]["vlan"] in (42, 7) and rows[0]["saddr"] == pair.ip_a
+
+
+# -- rules on the packets the kernel reported ------------------------------------------------
+
+
+def test_each_malformed_class_raises_its_rule(pair: Pair, watch) -> None:
+    """Every packets row rule of the pack fires on the classes sent (live, on the kernel's
+    rows), and every anomaly code is covered by one."""
+    cap, col, tx, det = watch
+    for code, build in CASES.items():
+        frame = tx.frame(build(pair))
+        if code in ETHERTYPE_V6:
+            frame.type = 0x86DD
+        tx.send(frame)
+    time.sleep(0.3)
+    cap.flush()
+    rules = {r.id: r for r in load_rules(TABLES, []) if r.source == "packets" and not r.window}
+    conditions = " ".join(r.condition for r in rules.values())
+    assert not [c for c in CODES if f"'{c}'" not in conditions]
+    alerts = net_alerts(det)
+    assert set(rules) <= {a["rule_id"] for a in alerts}, sorted(
+        set(rules) - {a["rule_id"] for a in alerts}
+    )
+    synfin = [a for a in alerts if a["rule_id"] == "net-tcp-impossible-flags"]
+    assert f"{pair.ip_a}:40017 -> {pair.ip_b}:80" in synfin[0]["output"]
+
+
+def _rule_alerts(det, rule: str, needle: str, timeout: float = 5.0) -> list[dict]:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [a for a in net_alerts(det) if a["rule_id"] == rule and needle in a["output"]]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_scans_raise_the_windowed_rules(pair: Pair, watch) -> None:
+    """FIN probes to many ports (stealth scan), SYNs to many closed ports (dropped by the
+    kernel with NO_SOCKET: a port scan)."""
+    cap, col, tx, det = watch
+    for port in range(2000, 2012):
+        tx.send(tx.frame(_v4(pair) / TCP(sport=41000, dport=port, flags="F")))
+    for port in range(3000, 3025):
+        tx.send(tx.frame(_v4(pair) / TCP(sport=41001, dport=port, flags="S")))
+    stealth = _rule_alerts(det, "net-tcp-stealth-scan", pair.ip_a)
+    assert stealth and "to 1" in stealth[0]["output"], stealth  # >= 10 ports
+    scan = _rule_alerts(det, "net-port-scan", pair.ip_a)
+    assert scan, net_alerts(det)
+    key = scan[0]["key"]
+    assert (json.loads(key) if isinstance(key, str) else key)["group"] == {"saddr": pair.ip_a}
+
+
+def test_kernel_drops_bad_checksums_with_reason_names(pair: Pair, watch) -> None:
+    """Packets the kernel drops for bad checksums, named from this kernel's BTF; a burst of
+    them raises the drops rule."""
+    from kernsight.kernel import btf
+
+    cap, col, tx, det = watch
+    tx.send(tx.frame(_v4(pair) / TCP(sport=42001, dport=5001, flags="S", chksum=0x1111)))
+    tx.send(tx.frame(_v4(pair) / UDP(sport=42002, dport=5002, chksum=0x1111) / Raw(b"x" * 8)))
+    tx.send(tx.frame(_v4(pair, chksum=0x1111) / UDP(sport=42003, dport=5003) / Raw(b"y" * 8)))
+    expect = {42001: "TCP_CSUM", 42002: "UDP_CSUM", 42003: "IP_CSUM"}
+    for sport, reason in expect.items():
+        rows = col.wait_rows(
+            "drops", lambda r, s=sport: r["sport"] == s and r["saddr"] == pair.ip_a
+        )
+        kfree = [r for r in rows if r["event"] == "kfree_skb"]
+        assert len(kfree) == 1, rows
+        r = kfree[0]
+        assert r["reason"] == reason and r["interface"] == pair.if_b, r
+        assert (r["daddr"], r["protocol"]) == (pair.ip_b, "ipv4")
+        assert r["location"], r  # symbolized where /proc/kallsyms is readable
+    if btf.has_type("btf_trace_tcp_bad_csum"):
+        bad = col.wait_rows("drops", lambda r: r["event"] == "tcp_bad_csum" and r["sport"] == 42001)
+        assert len(bad) == 1 and bad[0]["dport"] == 5001
+    for i in range(12):
+        tx.send(tx.frame(_v4(pair) / UDP(sport=42100 + i, dport=5100, chksum=0x2222) / Raw(b"z")))
+    burst = _rule_alerts(det, "net-drops-checksum-burst", pair.if_b)
+    assert burst, net_alerts(det)
+
+
+# -- nothing of ours stays attached ----------------------------------------------------------
+
+KERNSIGHT = str(Path(sys.executable).parent / "kernsight")
+
+
+def _ours(iface: tc.Interface) -> dict[str, list[str]]:
+    return {d: [n for n in names if n.startswith("ks_pkt")]
+            for d, names in tc.attached(iface).items()}  # fmt: skip
+
+
+ATTACHED = {"ingress": ["ks_pkt_ingress"], "egress": ["ks_pkt_egress"]}
+DETACHED: dict[str, list[str]] = {"ingress": [], "egress": []}
+
+
+def _wait_ours(iface: tc.Interface, want: dict, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _ours(iface) != want:
+        assert time.monotonic() < deadline, f"{_ours(iface)} != {want}"
+        time.sleep(0.1)
+
+
+def _tc_filters(pair: Pair) -> str:
+    out = ""
+    for hook in ("ingress", "egress"):
+        r = sh("ip", "netns", "exec", pair.b, "tc", "filter", "show", "dev", pair.if_b, hook,
+               check=False)  # fmt: skip
+        out += r.stdout
+    return out
+
+
+def _serve(pair: Pair, state: Path) -> subprocess.Popen:
+    env = {**os.environ, "KERNSIGHT_STATE_DIR": str(state)}
+    return subprocess.Popen([KERNSIGHT, "serve", "--interfaces", pair.watched],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+
+
+def test_server_exit_and_kill_leave_nothing_attached(own_pair: Pair, tmp_path: Path) -> None:
+    pair = own_pair
+    iface = tc.resolve([pair.watched])[0]
+    _wait_ours(iface, DETACHED, timeout=1)
+    procs = []
+    try:
+        p = _serve(pair, tmp_path)
+        procs.append(p)
+        _wait_ours(iface, ATTACHED)
+        p.kill()  # kill -9: no cleanup code runs; the kernel releases the links with the fds
+        p.wait(timeout=10)
+        _wait_ours(iface, DETACHED, timeout=5)
+        assert "ks_pkt" not in _tc_filters(pair)
+        p = _serve(pair, tmp_path)  # restart: attached once, not twice
+        procs.append(p)
+        _wait_ours(iface, ATTACHED)
+        assert p.stdin
+        p.stdin.close()  # stdio ends: the server exits normally
+        assert p.wait(timeout=30) == 0
+        assert _ours(iface) == DETACHED
+        assert "ks_pkt" not in _tc_filters(pair)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+
+
+LEAKER = """
+import os, sys, time
+from kernsight.capture import Capture
+cap = Capture(options={"packets": {"interfaces": [sys.argv[1]]}})
+cap.start("packets")
+child = os.fork()
+if child == 0:  # holds a copy of every fd of the parent, the tcx links too
+    time.sleep(120)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(120)
+"""
+
+
+def test_next_start_detaches_what_a_killed_run_leaked(own_pair: Pair) -> None:
+    """A killed run whose link fds survive in a forked child: the next start detaches them."""
+    from kernsight.capture import Capture
+
+    pair = own_pair
+    iface = tc.resolve([pair.watched])[0]
+    p = subprocess.Popen([sys.executable, "-c", LEAKER, pair.watched], stdout=subprocess.PIPE,
+                         text=True)  # fmt: skip
+    child = 0
+    try:
+        assert p.stdout
+        child = int(p.stdout.readline())
+        _wait_ours(iface, ATTACHED)
+        p.kill()
+        p.wait(timeout=10)
+        time.sleep(0.3)
+        assert _ours(iface) == ATTACHED  # still attached: the orphan holds the fds
+        with Capture(options={"packets": {"interfaces": [pair.watched]}}) as cap:
+            cap.start("packets")
+            assert _ours(iface) == ATTACHED  # the leaked pair went, ours came: once each
+        assert _ours(iface) == DETACHED
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if child:
+            os.kill(child, signal.SIGKILL)
+
+
+# -- through MCP -----------------------------------------------------------------------------
+
+
+def test_mcp_alerts_long_poll_reports_a_syn_fin(own_pair: Pair, tmp_path: Path) -> None:
+    import anyio
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    pair = own_pair
+    params = StdioServerParameters(
+        command=KERNSIGHT, args=["serve", "--interfaces", pair.watched],
+        env={**os.environ, "KERNSIGHT_STATE_DIR": str(tmp_path)},
+    )  # fmt: skip
+    tx = Sender(pair)
+    iface = tc.resolve([pair.watched])[0]
+    got: dict = {}
+
+    async def main() -> None:
+        async with Client(params) as c:
+            r = await c.call_tool("status", {})
+            assert r.structured_content["sources"]["packets"]["running"], r.structured_content
+            _wait_ours(iface, ATTACHED, timeout=5)
+            start = await c.call_tool("alerts", {"rule": "net-tcp-impossible-flags"})
+            cursor = start.structured_content["next_cursor"]
+
+            async def poll() -> None:
+                t0 = time.monotonic()
+                got["r"] = await c.call_tool(
+                    "alerts",
+                    {"rule": "net-tcp-impossible-flags", "cursor": cursor, "wait_ms": 20000},
+                )
+                got["s"] = time.monotonic() - t0
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(poll)
+                await anyio.sleep(1.0)
+                tx.send(tx.frame(_v4(pair) / TCP(sport=43999, dport=443, flags="SF")))
+            st = await c.call_tool("status", {})
+            got["counters"] = st.structured_content["sources"]["packets"]["counters"]
+
+    anyio.run(main)
+    out = got["r"].structured_content
+    assert not got["r"].is_error, got["r"]
+    i = out["columns"].index("output")
+    rows = [r for r in out["rows"] if f"{pair.ip_a}:43999 -> {pair.ip_b}:443" in r[i]]
+    assert len(rows) == 1, out
+    assert got["s"] < 15, f"the long poll took {got['s']:.1f} s"
+    counters = got["counters"]["interfaces"][pair.watched]
+    assert counters["ingress"]["anomalous"] >= 1 and counters["ingress"]["packets"] >= 1

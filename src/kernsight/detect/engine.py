@@ -19,6 +19,7 @@ thread (long poll).
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import string
@@ -41,6 +42,7 @@ from ..query.subscribe import EvalTimeout, Watchdog
 from ..untrusted import safe
 from . import alerts as table
 from .rules import DIALECT, SEVERITIES, Rule
+from .vector import Mask, compile_predicate
 
 if TYPE_CHECKING:
     from ..capture import Batch
@@ -95,7 +97,8 @@ class _WindowState:
 class _Plan:
     source: str
     rules: list[Rule]
-    sql: str
+    masks: list[Mask | None]  # per rule: its Arrow kernels, or None: evaluated by DuckDB
+    sql: str | None  # one query computing the DuckDB rules' booleans, in batch row order
 
 
 @dataclass
@@ -131,10 +134,9 @@ class Detector:
         self._plans: dict[str, _Plan] = {}
         for src in sorted({r.source for r in enabled}):
             rs = [r for r in enabled if r.source == src]
-            cols = ", ".join(f'{r.predicate} AS "__m{i}"' for i, r in enumerate(rs))
-            any_ = " OR ".join(f'"__m{i}"' for i in range(len(rs)))
-            sql = f'SELECT * FROM (SELECT *, {cols} FROM "{src}") WHERE {any_}'
-            self._plans[src] = _Plan(src, rs, sql)
+            masks = [compile_predicate(r.predicate, self.tables[src]) for r in rs]
+            self._plans[src] = plan = _Plan(src, rs, masks, None)
+            self._replan(plan)
         self._windows = {r.id: self._window_state(r) for r in enabled if r.window}
         self.counts = {r.id: _Counts() for r in enabled}
         self._limits: dict[tuple[str, Any], _Limit] = {}
@@ -264,24 +266,19 @@ class Detector:
     def _evaluate(self, batch: Batch) -> None:
         plan = self._plans[batch.source]
         t0 = time.perf_counter()
-        self._con.register(plan.source, batch.data)
-        try:
-            with self._watchdog.guard(self._con):
-                out = self._con.sql(plan.sql).to_arrow_table()
-        except EvalTimeout:
-            return self._unevaluated(batch, f"evaluation exceeded {self._watchdog.timeout_s} s")
-        except duckdb.Error as e:
-            return self._unevaluated(batch, f"{type(e).__name__}: {e}")
-        finally:
-            self._con.unregister(plan.source)
+        masks = self._masks(plan, batch)
+        if masks is None:
+            return
         self.batches += 1
         self.rows += batch.data.num_rows
+        hit = masks[0] if len(masks) == 1 else functools.reduce(pc.or_, masks)
         new: list[dict[str, Any]] = []
-        if out.num_rows:
+        if pc.any(hit).as_py():
+            out = pa.Table.from_batches([batch.data.filter(hit)])
             i_ts = out.schema.get_field_index("ts")
             out = out.set_column(i_ts, "ts", out.column("ts").cast(pa.int64()))
-            for i, rule in enumerate(plan.rules):
-                mask = out.column(f"__m{i}")
+            for rule, mask in zip(plan.rules, masks, strict=True):
+                mask = mask.filter(hit)
                 if not pc.any(mask).as_py():
                     continue
                 rows = out.filter(mask)
@@ -292,6 +289,47 @@ class Detector:
                     new += self._row_alerts(rule, rows, batch.seq)
         self.eval_s += time.perf_counter() - t0
         self._raise(new)
+
+    def _masks(self, plan: _Plan, batch: Batch) -> list[pa.Array] | None:
+        """One boolean array per rule over the batch's rows (None: the batch was not
+        evaluated). Arrow kernels first; the rules they cannot express in one DuckDB query."""
+        out: list[pa.Array | None] = []
+        for i, (rule, mask) in enumerate(zip(plan.rules, plan.masks, strict=True)):
+            if mask is None:
+                out.append(None)
+                continue
+            try:
+                out.append(mask(batch.data))
+            except (pa.ArrowException, TypeError, ValueError) as e:
+                # a type the dry run could not show: DuckDB evaluates this rule from now on
+                self._error(f"rule {rule.id}: Arrow evaluation failed ({type(e).__name__}: "
+                            f"{e}); evaluated by DuckDB from now on")  # fmt: skip
+                plan.masks[i] = None
+                self._replan(plan)
+                return self._masks(plan, batch)
+        if plan.sql is not None:
+            self._con.register(plan.source, batch.data)
+            try:
+                with self._watchdog.guard(self._con):
+                    duck = self._con.sql(plan.sql).to_arrow_table()
+            except EvalTimeout:
+                self._unevaluated(batch, f"evaluation exceeded {self._watchdog.timeout_s} s")
+                return None
+            except duckdb.Error as e:
+                self._unevaluated(batch, f"{type(e).__name__}: {e}")
+                return None
+            finally:
+                self._con.unregister(plan.source)
+            for i, m in enumerate(out):
+                if m is None:
+                    col = duck.column(f"__m{i}").combine_chunks()
+                    out[i] = pc.fill_null(col, False)
+        return out  # type: ignore[return-value]
+
+    def _replan(self, plan: _Plan) -> None:
+        cols = [f'{r.predicate} AS "__m{i}"' for i, (r, m) in enumerate(zip(plan.rules,
+                plan.masks, strict=True)) if m is None]  # fmt: skip
+        plan.sql = f'SELECT {", ".join(cols)} FROM "{plan.source}"' if cols else None
 
     def _row_alerts(self, rule: Rule, rows: pa.Table, seq: int) -> list[dict[str, Any]]:
         """Per pid: the first match may alert, the rest are repeats (counted, the last kept)."""
@@ -318,12 +356,14 @@ class Detector:
     def _window_alerts(self, w: _WindowState, rows: pa.Table, seq: int) -> list[dict[str, Any]]:
         rule = w.rule
         assert rule.window is not None
-        kept = rows.select(w.columns)
-        held = kept if w.rows is None else pa.concat_tables([w.rows, kept])
-        cutoff = max(time.time_ns(), pc.max(held.column("ts")).as_py()) - round(
-            rule.window.seconds * 1e9
+        kept = rows.select(w.columns)  # ts back to its type: aggregates see the table's schema
+        kept = kept.set_column(
+            0, "ts", kept.column("ts").cast(self.tables[rule.source].field("ts").type)
         )
-        held = held.filter(pc.greater_equal(held.column("ts"), cutoff))
+        held = kept if w.rows is None else pa.concat_tables([w.rows, kept])
+        ns = held.column("ts").cast(pa.int64())
+        cutoff = max(time.time_ns(), pc.max(ns).as_py()) - round(rule.window.seconds * 1e9)
+        held = held.filter(pc.greater_equal(ns, cutoff))
         if held.num_rows > self.max_window_rows:
             w.overflow += held.num_rows - self.max_window_rows
             held = held.slice(held.num_rows - self.max_window_rows)
@@ -355,10 +395,11 @@ class Detector:
         used = {"ts", *w.group_by}
         for text in [w.having, *(a for _, a in w.aggregates)]:
             used |= {c.name for c in sqlglot.parse_one(text, read=DIALECT).find_all(exp.Column)}
-        cols = [n for n in schema.names if n in used or n in COMMON]
+        cols = ["ts"] + [n for n in schema.names if n != "ts" and (n in used or n in COMMON)]
         common = [c for c in COMMON if c in cols]
         select = [f'"{g}"' for g in w.group_by] + [f'{a} AS "{alias}"' for alias, a in w.aggregates]
-        select += ['count(*) AS "__rows"', 'min(ts) AS "__first"', 'max(ts) AS "__ts"']
+        select += ['count(*) AS "__rows"', 'epoch_ns(min(ts)) AS "__first"',
+                   'epoch_ns(max(ts)) AS "__ts"']  # fmt: skip
         select += [f'arg_max("{c}", ts) AS "__{c}"' for c in common]
         group = f" GROUP BY {', '.join(repr_ident(g) for g in w.group_by)}" if w.group_by else ""
         sql = f'SELECT {", ".join(select)} FROM "{rule.source}"{group} HAVING {w.having}'
@@ -401,7 +442,7 @@ class Detector:
         for w in self._windows.values():
             assert w.rule.window is not None
             if w.rows is not None and w.rows.num_rows:
-                newest = pc.max(w.rows.column("ts")).as_py()
+                newest = pc.max(w.rows.column("ts").cast(pa.int64())).as_py()
                 if newest < cutoff - round(w.rule.window.seconds * 1e9):
                     w.rows = None
         self._raise(out)

@@ -40,6 +40,8 @@ _lib.bpf_link_get_fd_by_id.restype = _c.c_int
 _lib.bpf_link_get_fd_by_id.argtypes = [_c.c_uint32]
 _lib.bpf_prog_get_fd_by_id.restype = _c.c_int
 _lib.bpf_prog_get_fd_by_id.argtypes = [_c.c_uint32]
+_lib.bpf_prog_query_opts.restype = _c.c_int
+_lib.bpf_prog_query_opts.argtypes = [_c.c_int, _c.c_int, _c.c_void_p]
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.setns.restype = _c.c_int
 _libc.setns.argtypes = [_c.c_int, _c.c_int]
@@ -207,6 +209,30 @@ class TcxLink:
         _lib.bpf_link_detach(self.fd)  # even if a forked child still holds the fd
         os.close(self.fd)
         self.fd = None
+
+
+class _QueryOpts(ctypes.Structure):  # struct bpf_prog_query_opts (libbpf 1.1)
+    _fields_ = [("sz", _c.c_size_t), ("query_flags", _c.c_uint32), ("attach_flags", _c.c_uint32),
+                ("prog_ids", _c.POINTER(_c.c_uint32)), ("prog_cnt", _c.c_uint32),
+                ("prog_attach_flags", _c.POINTER(_c.c_uint32))]  # fmt: skip
+
+
+def attached(iface: Interface) -> dict[str, list[str]]:
+    """The names of the tcx programs attached to an interface, per direction (ours or not)."""
+
+    def query() -> dict[str, list[str]]:
+        out = {}
+        for direction, attach_type in DIRECTIONS.items():
+            ids = (_c.c_uint32 * 64)()
+            opts = _QueryOpts(sz=ctypes.sizeof(_QueryOpts), prog_ids=ids, prog_cnt=64)
+            rc = _lib.bpf_prog_query_opts(iface.ifindex, attach_type, ctypes.byref(opts))
+            if rc:
+                raise KernelError(f"cannot query tcx programs on {iface.label}: "
+                                  f"{os.strerror(-rc)}")  # fmt: skip
+            out[direction] = [prog_name(ids[i]) or "?" for i in range(opts.prog_cnt)]
+        return out
+
+    return in_netns(iface.netns, query)
 
 
 def attach_tcx(prog_fd: int, program: str, iface: Interface, direction: str) -> TcxLink:

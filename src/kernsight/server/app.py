@@ -234,7 +234,8 @@ DATA_NOTE = (
 
 INSTRUCTIONS = f"""kernsight: the running Linux kernel as live SQL tables (read-only).
 Tables: process (exec/fork/exit with argv), files (open/openat), syscall_stats (syscall counts per
-pid, about once a second), syscalls (every syscall; heavy, started only when queried).
+pid, about once a second), syscalls (every syscall; heavy, started only when queried), packets
+(anomalous packets on the watched interfaces), drops (packets the kernel dropped, with reasons).
 Detection rules raise alerts as events arrive: read them with alerts (long-poll with wait_ms,
 pass next_cursor back). Start with status, then list_tables / describe_table, then narrow
 queries with a time window (since='5m'). For a live question use query(...,
@@ -600,6 +601,8 @@ class KernsightMCP:
                 f"{s['expired']},{s['stored_rows']}"
                 for n, s in st["sources"].items()
             ]
+            lines += [f"{n} counters: {json.dumps(s['counters'], separators=(',', ':'))}"
+                      for n, s in st["sources"].items() if s.get("counters")]  # fmt: skip
             lines += [f"error: {e}" for e in st["errors"]]
             return result("\n".join(lines), st)
 

@@ -126,6 +126,11 @@ class Source:
         """For polled sources: read the kernel's aggregate and return what is new."""
         raise NotImplementedError
 
+    def programs(self) -> set[str] | None:
+        """The programs of the object to load (None: all), e.g. only the tracepoints this
+        kernel has."""
+        return None
+
     def attach(self, running: RunningSource) -> None:
         """Attach the loaded programs; tracepoint sources attach by section name."""
         running.obj.attach_all()
@@ -163,7 +168,7 @@ class RunningSource:
         check_bpf_privileges()
         if self.source.needs_tracefs:
             tracefs_root()
-        self.obj = BPFObject(build(self.source.bpf_object))
+        self.obj = BPFObject(build(self.source.bpf_object), autoload=self.source.programs())
         try:
             self.obj.map("events").set_max_entries(
                 mmap_pages(self.ring_bytes or self.source.ring_bytes)
