@@ -228,8 +228,8 @@ def test_one_byte_edited(small_log) -> None:
     data = path.read_bytes()
     pos = data.index(recs[k]) + recs[k].index(b'"entry ') + 7
     path.write_bytes(data[:pos] + b"9" + data[pos + 1 :])  # naive: the CRC no longer matches
-    assert cli_verify(path, vkey)[1]["index"] == k
-    assert cli_verify(path, vkey)[1]["kind"] == "checksum"
+    rep = cli_verify(path, vkey)[1]
+    assert (rep["index"], rep["kind"]) == (k, "checksum"), rep
     recs[k] = recs[k].replace(b'"entry ', b'"entrY ')  # careful: CRC recomputed
     write(path, recs)
     rc, rep = cli_verify(path, vkey)
@@ -267,8 +267,8 @@ def test_tail_truncated(small_log) -> None:
     n = len(records(path))
     last = list(read_frames(data))[-1][0]
     path.write_bytes(data[: last + 5])  # cut inside the last frame
-    assert cli_verify(path, vkey)[1]["kind"] == "torn-tail"
-    assert cli_verify(path, vkey)[1]["index"] == n - 1
+    rep = cli_verify(path, vkey)[1]
+    assert (rep["index"], rep["kind"]) == (n - 1, "torn-tail"), rep
     cut = list(read_frames(data))[n - 4][0]
     path.write_bytes(data[:cut])  # cut at a frame boundary: only a kept checkpoint shows it
     rc, rep = cli_verify(path, vkey, "--pinned", str(pinned))
@@ -301,8 +301,8 @@ def test_records_swapped_deleted_inserted(small_log) -> None:
     recs = list(orig)
     recs[k], recs[k + 1] = recs[k + 1], recs[k]
     write(path, recs)
-    assert cli_verify(path, vkey)[1]["kind"] == "swapped"
-    assert cli_verify(path, vkey)[1]["index"] == k
+    rep = cli_verify(path, vkey)[1]
+    assert (rep["index"], rep["kind"]) == (k, "swapped"), rep
     write(path, orig[:k] + orig[k + 1 :])
     rc, rep = cli_verify(path, vkey)
     assert rc == 1 and (rep["index"], rep["kind"]) == (k, "deleted"), rep
