@@ -6,12 +6,14 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from .log import LOG_FILE
-from .note import KEY_FILE, VERIFIER_FILE, NoteError, Signer, Verifier
-from .verify import parse_json_file, verify_log, verify_receipt
+from . import LOG_FILE
+
+if TYPE_CHECKING:  # imported by every `kernsight` command: crypto loads only for audit commands
+    from .note import Verifier
 
 app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log: key, verify, receipts.")
 
@@ -28,6 +30,8 @@ def _die(msg: str) -> None:
 def _verifier(key: str | None, directory: Path) -> tuple[Verifier, str]:
     """(verifier, where it came from): --key as a key or a file holding one, else the key
     file next to the log (only as trustworthy as that directory: keep a copy elsewhere)."""
+    from .note import KEY_FILE, VERIFIER_FILE, NoteError, Signer, Verifier
+
     try:
         if key:
             if Path(key).is_file():
@@ -65,6 +69,8 @@ def verify(
 
     Re-derives every leaf, recomputes the tree, checks every checkpoint signature and their
     consistency (and a pinned checkpoint); else prints the first bad index and the kind."""
+    from .verify import verify_log
+
     path = log or audit_dir() / LOG_FILE
     if not path.is_file():
         _die(f"no audit log at {path}")
@@ -104,6 +110,8 @@ def verify_receipt_cmd(
 
     Its digest is in a response entry that a signed checkpoint includes (and, with the log,
     the log still holds that entry)."""
+    from .verify import parse_json_file, verify_receipt
+
     try:
         doc = parse_json_file(file)
     except (OSError, ValueError) as e:

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import LOG_FILE
 from .canon import canonical_entry, sha256_hex
 from .merkle import MerkleTree, leaf_hash
 from .note import Checkpoint, Signer, load_or_create_signer
@@ -43,7 +44,7 @@ HEADER = b"kernsight audit log v1\n"
 FRAME = struct.Struct(">II")
 MAX_RECORD = 1 << 20  # a record is bounded (arguments are cut before logging)
 ZERO = "0" * 64  # prev of entry 0
-LOG_FILE = "log"
+
 CHECKPOINT_FILE = "checkpoint"
 
 
