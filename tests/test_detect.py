@@ -178,6 +178,12 @@ def test_exec_from_tmp_alerts_with_the_childs_pid(rt, tmpdir_in_tmp: Path) -> No
         pushed = [r for r in rows if r["pid"] == child.pid]
     rt.subscriptions.unsubscribe(sub)
     assert pushed == [{"rule_id": "exec-from-temp-dir", "pid": child.pid}]
+    # a relative path from inside /tmp: caught by where the kernel found the file
+    rel = subprocess.Popen(["./true-copy"], cwd=tmpdir_in_tmp)
+    rel.wait()
+    assert (
+        f"executed ./true-copy ({exe})" in wait_alert(rt, "exec-from-temp-dir", rel.pid)["output"]
+    )
     assert a["severity"] == "high" and a["comm"] == "true-copy" and "T1059" in a["tags"]
     assert str(exe) in a["output"] and "ks-arg" in a["output"]
     rt.capture.flush()
