@@ -114,7 +114,8 @@ def test_in_memory_tools_query_and_subscription(runtime, mode: str) -> None:
             assert c.protocol_version == ("2025-11-25" if mode == "legacy" else mode)
             tools = {t.name: t for t in (await c.list_tools()).tools}
             assert set(tools) == {"list_tables", "describe_table", "query", "subscribe", "poll",
-                                  "unsubscribe", "status"}  # fmt: skip
+                                  "unsubscribe", "status", "list_tracepoints",
+                                  "describe_tracepoint"}  # fmt: skip
             for t in tools.values():
                 assert t.annotations.read_only_hint and not t.annotations.open_world_hint
                 assert t.output_schema and t.description
