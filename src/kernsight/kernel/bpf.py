@@ -307,20 +307,28 @@ class BPFObject:
             if self._autoload is not None and name not in self._autoload:
                 continue
             section = (_lib.bpf_program__section_name(prog) or b"").decode()
-            with _load_lock:
-                _log_lines.clear()
-                ctypes.set_errno(0)
-                link = _lib.bpf_program__attach(prog)
-                err = ctypes.get_errno()
-                lines = list(_log_lines)
-            if not link:
-                detail = "; ".join(ln.strip() for ln in lines[-3:])
-                raise AttachError(
-                    f"cannot attach {self.path.name}:{name} ({section}): "
-                    f"{os.strerror(err or errno.EINVAL)}" + (f" [{detail}]" if detail else ""),
-                    fix="check that the tracepoint exists: kernsight doctor",
-                )
-            self._links.append(Link(link, name))
+            self._attach(
+                name, f"{name} ({section})", lambda prog=prog: _lib.bpf_program__attach(prog)
+            )
+
+    def _attach(self, program: str, what: str, call) -> Link:  # noqa: ANN001
+        """Run one libbpf attach call, collecting its log lines; a Link or a clear error."""
+        with _load_lock:
+            _log_lines.clear()
+            ctypes.set_errno(0)
+            link = call()
+            err = ctypes.get_errno()
+            lines = list(_log_lines)
+        if not link:
+            detail = "; ".join(ln.strip() for ln in lines[-3:])
+            raise AttachError(
+                f"cannot attach {self.path.name}:{what}: "
+                f"{os.strerror(err or errno.EINVAL)}" + (f" [{detail}]" if detail else ""),
+                fix="check that the tracepoint exists: kernsight doctor",
+            )
+        out = Link(link, program)
+        self._links.append(out)
+        return out
 
     def _find_program(self, name: str) -> int:
         prog = next((p for n, p in self._programs() if n == name), None)
@@ -334,23 +342,12 @@ class BPFObject:
         close() destroys whatever is left."""
         prog = self._find_program(program)
         opts = _TracepointOpts(ctypes.sizeof(_TracepointOpts), cookie)
-        with _load_lock:
-            _log_lines.clear()
-            ctypes.set_errno(0)
-            link = _lib.bpf_program__attach_tracepoint_opts(
+        return self._attach(
+            program, f"{program} to tracepoint {category}:{name}",
+            lambda: _lib.bpf_program__attach_tracepoint_opts(
                 prog, category.encode(), name.encode(), ctypes.byref(opts)
-            )
-            err = ctypes.get_errno()
-            lines = list(_log_lines)
-        if not link:
-            detail = "; ".join(ln.strip() for ln in lines[-2:])
-            raise AttachError(
-                f"cannot attach {self.path.name}:{program} to tracepoint {category}:{name}: "
-                f"{os.strerror(err or errno.EINVAL)}" + (f" [{detail}]" if detail else "")
-            )
-        out = Link(link, program)
-        self._links.append(out)
-        return out
+            ),
+        )  # fmt: skip
 
     def detach(self, *links: Link) -> None:
         """Destroy these links. Each destruction of a tracepoint link waits for an RCU grace

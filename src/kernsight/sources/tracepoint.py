@@ -399,29 +399,35 @@ class TracepointRunner:
         out = []
         for ring in self.rings:
             rows = ring.read()
-            if rows is None or len(rows) == 0:
+            if rows is not None and len(rows):
+                out += self.decode(rows)
+        return out
+
+    def decode(self, rows: np.ndarray) -> list[tuple[str, pa.RecordBatch]]:
+        """Records of one ring, (n, width) uint8, of any tracepoints: grouped by slot (a
+        stable sort, so each group keeps its order), each group decoded at once."""
+        slots = rows[:, 48:52].copy().view("<u4").ravel()
+        if (slots == slots[0]).all():
+            groups = [(int(slots[0]), rows)]
+        else:
+            order = np.argsort(slots, kind="stable")
+            rows, slots = rows[order], slots[order]
+            cut = np.flatnonzero(np.diff(slots)) + 1
+            groups = [
+                (int(slots[a]), rows[a:b])
+                for a, b in zip(np.r_[0, cut], np.r_[cut, len(slots)], strict=True)
+            ]
+        out = []
+        for slot, grp in groups:
+            p = self._by_slot.get(slot)
+            if p is None:
+                self.unattributed += len(grp)
                 continue
-            slots = rows[:, 48:52].copy().view("<u4").ravel()
-            if (slots == slots[0]).all():
-                groups = [(int(slots[0]), rows)]
-            else:
-                order = np.argsort(slots, kind="stable")
-                rows, slots = rows[order], slots[order]
-                cut = np.flatnonzero(np.diff(slots)) + 1
-                groups = [
-                    (int(slots[a]), rows[a:b])
-                    for a, b in zip(np.r_[0, cut], np.r_[cut, len(slots)], strict=True)
-                ]
-            for slot, grp in groups:
-                p = self._by_slot.get(slot)
-                if p is None:
-                    self.unattributed += len(grp)
-                    continue
-                batch = p.decode(np.ascontiguousarray(grp), self.boot_offset_ns)
-                att = self.attached.get(p.table)
-                if att is not None and att.slot == slot:
-                    att.delivered += batch.num_rows
-                out.append((p.table, batch))
+            batch = p.decode(np.ascontiguousarray(grp), self.boot_offset_ns)
+            att = self.attached.get(p.table)
+            if att is not None and att.slot == slot:
+                att.delivered += batch.num_rows
+            out.append((p.table, batch))
         return out
 
     def pending(self) -> bool:
