@@ -10,8 +10,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # clang/bpftool/libbpf-dev build the BPF programs; linux-libc-dev names syscalls;
-# bpftrace is the peer the benchmarks compare against; iproute2/tcpdump/iperf3 for network tests.
-packages=(clang llvm libbpf-dev bpftool linux-libc-dev bpftrace iproute2 tcpdump iperf3 util-linux)
+# bpftrace is the peer the benchmarks compare against; iproute2/tcpdump/iperf3/ping for network
+# tests.
+packages=(clang llvm libbpf-dev bpftool linux-libc-dev bpftrace iproute2 tcpdump iperf3 util-linux
+          iputils-ping)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.bpf
 
 
 def test_runtime_queries_subscriptions_and_sources_on_demand(tmp_path) -> None:
-    with Runtime(tmp_path / "state", sources=("process",), idle_stop_s=0.5) as rt:
+    # detect=False: the default rules read files, which would keep it running
+    with Runtime(tmp_path / "state", sources=("process",), idle_stop_s=0.5, detect=False) as rt:
         rt.start()
         sub = rt.subscriptions.create("SELECT pid, argv FROM process WHERE event = 'exec'")
         tag = uuid.uuid4().hex[:10]

@@ -46,6 +46,7 @@ class SourceStats:
     batches: int
     started_at: float
     filters: dict = field(default_factory=dict)
+    extra: dict | None = None  # source-specific counters (e.g. packets per interface)
 
     @property
     def rate(self) -> float:
@@ -57,12 +58,16 @@ Subscriber = Callable[[Batch], None]
 
 
 class Capture:
-    """with Capture() as cap: cap.subscribe(fn); cap.start("process"); ..."""
+    """with Capture() as cap: cap.subscribe(fn); cap.start("process"); ...
+
+    options: per source, keyword arguments for its constructor (e.g. packets' interfaces).
+    """
 
     # A busy ring is read at most this many batches per turn, so one source cannot starve another.
     MAX_BATCHES_PER_TURN = 8
 
-    def __init__(self) -> None:
+    def __init__(self, options: dict[str, dict] | None = None) -> None:
+        self.options = dict(options or {})
         self.boot_offset_ns = boot_offset_ns()
         self._running: dict[str, RunningSource] = {}
         self._meta: dict[str, dict] = {}
@@ -89,7 +94,8 @@ class Capture:
         with self._lock:
             if name in self._running:
                 return
-            rs = RunningSource(SOURCES[name](), self.boot_offset_ns, ring_bytes, filters or {})
+            src = SOURCES[name](**self.options.get(name, {}))
+            rs = RunningSource(src, self.boot_offset_ns, ring_bytes, filters or {})
             self._running[name] = rs
             self._meta[name] = {"batches": 0, "started_at": time.monotonic(), "next_poll": 0.0}
             if rs.fd is not None:
@@ -154,7 +160,7 @@ class Capture:
                 m = self._meta[name]
                 out[name] = SourceStats(
                     name, c.produced, c.delivered, c.lost, m["batches"], m["started_at"],
-                    dict(rs.filters),
+                    dict(rs.filters), rs.source.status(rs),
                 )  # fmt: skip
             for name, att in self._tp.attached.items() if self._tp else ():
                 c = self._tp.counters(name)
@@ -162,9 +168,14 @@ class Capture:
                 filters = {"pid": list(att.pids)} if att.pids else {}
                 if att.sample > 1:
                     filters["sample"] = att.sample
+                extra = {"sampled_out": c.sampled_out} if att.sample > 1 else None
                 out[name] = SourceStats(name, c.produced, c.delivered, c.lost, m["batches"],
-                                        m["started_at"], filters)  # fmt: skip
+                                        m["started_at"], filters, extra)  # fmt: skip
             return out
+
+    def next_seq(self) -> int:
+        """A number in the global batch sequence, for a batch made outside capture (alerts)."""
+        return next(self._seq)
 
     # -- consumers -----------------------------------------------------------------------
     def subscribe(self, fn: Subscriber) -> None:

@@ -92,6 +92,12 @@ def _detail(source: str, r: dict) -> str:
         return f"{r['name']}({args}, ...) = {r['ret']}  {r['latency_ns']} ns"
     if source == "syscall_stats":
         return f"{r['name']} x{r['count']} errors={r['errors']} total={r['total_latency_ns']} ns"
+    if source == "packets":
+        return (f"{r['interface']} {r['direction']} {','.join(r['anomalies'])} {r['protocol']} "
+                f"{r['saddr']}:{r['sport']} -> {r['daddr']}:{r['dport']} len {r['length']}")
+    if source == "drops":
+        return (f"{r['event']} {r['reason']} at {r['location']} on {safe(r['interface'])} "
+                f"{r['l4proto']} {r['saddr']}:{r['sport']} -> {r['daddr']}:{r['dport']}")
     return " ".join(f"{k}={safe(v)}" for k, v in r.items() if k not in ("ts", "pid", "comm"))
 
 
@@ -104,7 +110,9 @@ def _rows(batch: pa.RecordBatch) -> list[dict]:
 
 @app.command()
 def capture(
-    sources: list[str] = typer.Argument(..., help="process, files, syscalls, syscall_stats"),
+    sources: list[str] = typer.Argument(
+        ..., help="process, files, syscalls, syscall_stats, packets, drops"
+    ),
     seconds: float = typer.Option(
         0, "--for", help="stop after this many seconds (0: until Ctrl-C)"
     ),
@@ -194,6 +202,9 @@ def capture(
         summary = ", ".join(
             f"{n}: delivered {s.delivered}, lost {s.lost}" for n, s in cap.final.items()
         )
+        for n, s in cap.final.items():
+            if s.extra:  # e.g. packets: every packet and byte per interface and direction
+                summary += f"\n  {n}: {json.dumps(s.extra)}"
         extra = f", not displayed {dropped_display} (terminal too slow)" if dropped_display else ""
         err.print(f"summary: {summary}{extra}")
         for e in cap.errors:
@@ -389,9 +400,17 @@ def serve(
     view: bool = typer.Option(
         None, "--view/--no-view", help="HTTP: live panel on stderr (default: on a terminal)"
     ),
+    interfaces: str = typer.Option(
+        None, "--interfaces", envvar="KERNSIGHT_INTERFACES",
+        help="packets: interfaces to watch, comma-separated (NAME or NETNS/NAME; default: "
+        "every interface that is up, loopback excluded)",
+    ),
 ) -> None:  # fmt: skip
     """Serve MCP to agents: stdio by default (only MCP on stdout), or Streamable HTTP."""
     from .server import serve as srv
+
+    if interfaces:  # read by the packets source when it starts
+        os.environ["KERNSIGHT_INTERFACES"] = interfaces
 
     if http is None:
         srv.run_stdio(state_dir())

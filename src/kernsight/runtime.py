@@ -13,8 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
+
 from . import __version__
 from .capture import Batch, Capture
+from .detect import alerts
+from .detect.engine import Detector
+from .detect.rules import load_rules
 from .query.engine import QueryEngine
 from .query.subscribe import Subscriptions
 from .sources import SOURCES
@@ -36,17 +41,30 @@ class Runtime:
         query_timeout_s: float = 10.0,
         query_memory_bytes: int = 1 << 30,
         query_workers: int = 2,
+        rules_dirs: tuple[Path, ...] = (),
+        detect: bool = True,
+        alert_rate_limit_s: float = 60.0,
+        source_options: dict[str, dict] | None = None,
     ) -> None:
+        """rules_dirs: user rule directories besides <state_dir>/rules (later ones win).
+        source_options: per source, its constructor's options, e.g.
+        {"packets": {"interfaces": ["eth0", "NETNS/veth0"]}}."""
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.started_at = time.time()
         self.default_sources = tuple(sources)
         self.idle_stop_s = idle_stop_s
         schemas = {n: s.schema() for n, s in SOURCES.items()}
-        self.store = Store(self.state_dir / "store", schemas, max_age_s=max_age_s,
+        tables = schemas | {alerts.NAME: alerts.SCHEMA}
+        # Rules load first: a bad rule file stops the start with its error, before any capture.
+        user = [self.state_dir / "rules"] if (self.state_dir / "rules").is_dir() else []
+        rules = load_rules(schemas, [*user, *map(Path, rules_dirs)]) if detect else []
+        self.store = Store(self.state_dir / "store", tables, max_age_s=max_age_s,
                            max_bytes=max_bytes)  # fmt: skip
-        self.capture = Capture()
-        self.subscriptions = Subscriptions(schemas)
+        self.capture = Capture(source_options)
+        self.subscriptions = Subscriptions(tables)
+        self.detector = Detector(rules, schemas, emit=self._on_alerts,
+                                 rate_limit_s=alert_rate_limit_s)  # fmt: skip
         self.engine = QueryEngine(
             self.store,
             known_tables=self.known_tables,
@@ -65,7 +83,7 @@ class Runtime:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        for name in self.default_sources:
+        for name in self._always_on():
             self.capture.start(name)
         self.capture.run_in_thread()
         self._timer = threading.Thread(target=self._housekeeping, name="kernsight-housekeeping",
@@ -77,6 +95,7 @@ class Runtime:
         if self._timer:
             self._timer.join(timeout=5)
         self.capture.close()
+        self.detector.close()
         self.subscriptions.close()
         self.engine.close()
         self.store.close()
@@ -91,8 +110,20 @@ class Runtime:
     def _on_batch(self, batch: Batch) -> None:
         self.store.append(batch.source, batch.data, batch.seq, batch.lost_total)
         self.subscriptions.on_batch(batch)
+        self.detector.on_batch(batch)
         for fn in list(self._listeners):
             fn(batch)
+
+    def _on_alerts(self, data: pa.RecordBatch, seq: int) -> None:
+        """New alerts (detector thread): stored with the triggering batch's sequence, and
+        pushed to the live subscriptions as a batch of the `alerts` table."""
+        self.store.append(alerts.NAME, data, seq)
+        self.subscriptions.on_batch(Batch(alerts.NAME, self.capture.next_seq(), data, 0))
+
+    def _always_on(self) -> list[str]:
+        """The default sources and those the enabled rules read."""
+        rules = sorted(self.detector.tables_needed() - set(self.default_sources))
+        return [*self.default_sources, *rules]
 
     def add_listener(self, fn: Callable[[Batch], None]) -> None:
         self._listeners.append(fn)
@@ -105,6 +136,8 @@ class Runtime:
             for name in wanted:
                 if tp.is_table(name):
                     self.add_tracepoint_table(name)
+                elif name not in SOURCES:  # alerts: derived, not captured
+                    continue
                 self._last_used[name] = time.monotonic()
                 if name not in self.capture.running():
                     self.capture.start(name)
@@ -168,7 +201,7 @@ class Runtime:
                 self.capture.errors.append(f"housekeeping: {type(e).__name__}: {e}")
 
     def _stop_idle_sources(self) -> None:
-        needed = set(self.default_sources) | self.subscriptions.tables_needed()
+        needed = set(self._always_on()) | self.subscriptions.tables_needed()
         now = time.monotonic()
         with self._lock:
             for name in self.capture.running():
@@ -196,10 +229,13 @@ class Runtime:
                     "expired": store[name]["expired"],
                     "stored_rows": store[name]["rows"],
                     "heavy": SOURCES[name].heavy if name in SOURCES else False,
-                }
+                    **({"counters": stats[name].extra} if name in stats and stats[name].extra
+                       else {}),
+                }  # fmt: skip
                 for name in [*SOURCES, *sorted(n for n in store if tp.is_table(n))]
             },
             "store_bytes": sum(t["bytes"] for t in store.values()),
             "subscriptions": len(self.subscriptions.list()),
+            "detect": self.detector.status(),
             "errors": self.capture.errors[-5:],
         }

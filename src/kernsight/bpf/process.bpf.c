@@ -22,6 +22,8 @@ struct process_event {
 	char exe_fstype[16];
 	char filename[PATH_MAX_BYTES];
 	char argv[ARGV_MAX];
+	__u32 exe_seals; /* F_SEAL_* of an executed memfd (shmem) */
+	__u32 _pad;
 };
 
 static __always_inline void fill_parent(struct process_event *e, struct task_struct *t)
@@ -77,6 +79,16 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		       prefix[4] == 'd' && prefix[5] == ':' && BPF_CORE_READ(inode, __i_nlink) == 0;
 	bpf_probe_read_kernel_str(e->exe_fstype, sizeof(e->exe_fstype),
 				  BPF_CORE_READ(inode, i_sb, s_type, name));
+	/* Seals say whether a memfd's contents can still change: runtimes that run a sealed copy
+	 * of themselves (runc, sandbox agents) differ from loaders that write and run a payload. */
+	e->exe_seals = 0;
+	if (e->exe_memfd && e->exe_fstype[0] == 't' && e->exe_fstype[1] == 'm' &&
+	    e->exe_fstype[2] == 'p' && e->exe_fstype[3] == 'f' && e->exe_fstype[4] == 's' &&
+	    !e->exe_fstype[5]) {
+		struct shmem_inode_info *info =
+			(void *)inode - bpf_core_field_offset(struct shmem_inode_info, vfs_inode);
+		e->exe_seals = BPF_CORE_READ(info, seals);
+	}
 	e->stdio_sockets = stdio_sockets(p);
 
 	/* argv lives in the new image's user memory, NUL-separated. */
@@ -120,6 +132,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	e->argv_len = 0;
 	e->filename[0] = 0;
 	e->exe_fstype[0] = 0;
+	e->exe_seals = 0;
 	e->argv[0] = 0;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
@@ -147,6 +160,7 @@ int BPF_PROG(on_exit, struct task_struct *p, bool group_dead)
 	e->argv_len = 0;
 	e->filename[0] = 0;
 	e->exe_fstype[0] = 0;
+	e->exe_seals = 0;
 	e->argv[0] = 0;
 	bpf_ringbuf_submit(e, 0);
 	return 0;

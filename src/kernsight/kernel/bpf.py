@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -58,6 +59,7 @@ _sig("bpf_program__section_name", _c.c_char_p, _P)
 _sig("bpf_program__set_autoload", _c.c_int, _P, _c.c_bool)
 _sig("bpf_program__attach", _P, _P)
 _sig("bpf_program__attach_tracepoint_opts", _P, _P, _c.c_char_p, _c.c_char_p, _P)
+_sig("bpf_program__fd", _c.c_int, _P)
 _sig("bpf_link__destroy", _c.c_int, _P)
 _sig("bpf_map__name", _c.c_char_p, _P)
 _sig("bpf_map__fd", _c.c_int, _P)
@@ -231,6 +233,10 @@ class _TracepointOpts(ctypes.Structure):
     _fields_ = [("sz", _c.c_size_t), ("bpf_cookie", _c.c_uint64)]  # libbpf.h, 1.1
 
 
+class Detachable(Protocol):
+    def destroy(self) -> None: ...
+
+
 class Link:
     def __init__(self, ptr: int, program: str) -> None:
         self._ptr: int | None = ptr
@@ -254,7 +260,7 @@ class BPFObject:
     def __init__(self, path: str | Path, autoload: set[str] | None = None) -> None:
         self.path = Path(path)
         self.loaded = False
-        self._links: list[Link] = []
+        self._links: list[Detachable] = []
         ctypes.set_errno(0)
         ptr = _lib.bpf_object__open_file(str(self.path).encode(), None)
         if not ptr:
@@ -349,17 +355,31 @@ class BPFObject:
             ),
         )  # fmt: skip
 
-    def detach(self, *links: Link) -> None:
-        """Destroy these links. Each destruction of a tracepoint link waits for an RCU grace
-        period (~85 ms measured here), so many are destroyed from threads at once: their
-        waits overlap (2,300 links: ~3 s instead of ~200 s)."""
-        if len(links) > 2:
-            with ThreadPoolExecutor(min(64, len(links))) as pool:
-                list(pool.map(Link.destroy, links))  # ctypes drops the GIL in the call
+    def detach(self, *links: Detachable) -> None:
+        """Destroy these links, in order. Destroying a tracepoint's perf link waits for RCU
+        grace periods (~85 ms measured here), so libbpf links (independent of each other)
+        are destroyed from threads at once, where part of those waits overlaps."""
+        bpf_links = [x for x in links if isinstance(x, Link)]
+        if len(bpf_links) > 2:
+            with ThreadPoolExecutor(min(64, len(bpf_links))) as pool:
+                list(pool.map(Link.destroy, bpf_links))  # ctypes drops the GIL in the call
         for link in links:
             link.destroy()
         gone = {id(x) for x in links}
         self._links = [x for x in self._links if id(x) not in gone]
+
+    def program_fd(self, name: str) -> int:
+        for n, prog in self._programs():
+            if n == name:
+                fd = _lib.bpf_program__fd(prog)
+                if fd < 0:
+                    raise KernelError(f"{self.path.name}:{name} is not loaded")
+                return fd
+        raise KernelError(f"{self.path.name}: no program named {name!r}")
+
+    def own(self, link: Detachable) -> None:
+        """Destroy `link` (attached by other means, e.g. kernel/tc.py) when this closes."""
+        self._links.append(link)
 
     def close(self) -> None:
         self.detach(*reversed(self._links))

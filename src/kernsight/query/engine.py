@@ -134,8 +134,10 @@ class QueryEngine:
                 if self.pushdown and t in SOURCES else {}
                 for t in checked.tables
             }  # fmt: skip
-            started = self.ensure_sources(wanted)
+            # The window opens before the sources start: what they see from their first event
+            # on belongs to it (events can follow the start within microseconds).
             since_ns = since_ns if since_ns is not None else time.time_ns()
+            started = self.ensure_sources(wanted)
             time.sleep(live_seconds)
             if self.flush:
                 self.flush()

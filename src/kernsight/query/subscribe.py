@@ -41,7 +41,10 @@ from .validate import QueryRejected, validate
 if TYPE_CHECKING:
     from ..capture import Batch
 
-__all__ = ["PollResult", "SubscriptionInfo", "SubscriptionLimit", "Subscriptions"]
+__all__ = [
+    "EvalTimeout", "PollResult", "SubscriptionInfo", "SubscriptionLimit", "Subscriptions",
+    "Watchdog", "check_standing",
+]  # fmt: skip
 
 DIALECT = "duckdb"
 MAX_SQL_BYTES = 8_000
@@ -183,8 +186,54 @@ class _Sub:
     emitted: int | None = None  # last window emitted
 
 
-class _Timeout(Exception):
-    pass
+class EvalTimeout(Exception):
+    """An evaluation ran past its time budget and was interrupted."""
+
+
+class Watchdog:
+    """Interrupts in-process DuckDB evaluations that exceed their time budget; one thread
+    watches every connection it guards (the subscriptions' and the rule engine's)."""
+
+    def __init__(self, timeout_s: float, name: str = "ks-eval-watch") -> None:
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._running: dict[int, tuple[float, duckdb.DuckDBPyConnection]] = {}
+        self._timed_out: set[int] = set()
+        self._keys = itertools.count()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=name, daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def guard(self, con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        """Run the body under the budget; raises EvalTimeout when it was interrupted."""
+        key = next(self._keys)
+        with self._lock:
+            self._running[key] = (time.monotonic() + self.timeout_s, con)
+        try:
+            yield
+        except duckdb.InterruptException:
+            if key in self._timed_out:
+                raise EvalTimeout from None
+            raise
+        finally:
+            with self._lock:
+                self._running.pop(key, None)
+                self._timed_out.discard(key)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            now = time.monotonic()
+            with self._lock:  # interrupting an idle connection is a no-op in DuckDB
+                for key, (deadline, con) in list(self._running.items()):
+                    if now > deadline:
+                        self._timed_out.add(key)
+                        del self._running[key]
+                        con.interrupt()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 class Subscriptions:
@@ -224,15 +273,10 @@ class Subscriptions:
         self._con = db.cursor()  # the worker's; registered views are per cursor
         self._dry = db.cursor()  # create()'s dry runs
         self._dry_lock = threading.Lock()
-        self._watch_lock = threading.Lock()
-        self._running: dict[int, tuple[float, duckdb.DuckDBPyConnection]] = {}
-        self._timed_out: set[int] = set()
-        self._keys = itertools.count()
+        self._watchdog = Watchdog(eval_timeout_s, "ks-sub-watch")
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="ks-subscriptions", daemon=True)
-        self._watchdog = threading.Thread(target=self._watch, name="ks-sub-watch", daemon=True)
         self._worker.start()
-        self._watchdog.start()
 
     @classmethod
     def from_sources(cls, **kw: Any) -> Subscriptions:
@@ -262,7 +306,7 @@ class Subscriptions:
         except QueryRejected as e:
             raise QueryRejected(f"{e} ({_SHAPE})") from None
         tree = sqlglot.parse_one(checked.sql, read=DIALECT)
-        table = _check_standing(tree, checked.tables, windowed=window_ns is not None)
+        table = check_standing(tree, checked.tables, windowed=window_ns is not None)
         schema = self.tables[table]
 
         if window_ns is None:
@@ -495,9 +539,9 @@ class Subscriptions:
     def _run(self, s: _Sub, sql: str, seq: int) -> pa.Table | None:
         """One evaluation; a failure is recorded on the subscription and returns None."""
         try:
-            with self._guarded(self._con):
+            with self._watchdog.guard(self._con):
                 return self._con.sql(sql).to_arrow_table()
-        except _Timeout:
+        except EvalTimeout:
             self._fail(s, f"batch seq {seq}: evaluation exceeded {self.eval_timeout_s} s and was "
                           "interrupted; the subscription is stopped, create a cheaper one",
                        stop=True)  # fmt: skip
@@ -557,41 +601,15 @@ class Subscriptions:
                 out = out.add_column(i, name, col)
             self._append(s, out, win.seq_lo, win.seq_hi)
 
-    # -- internals: time budget ----------------------------------------------------------------
-    @contextmanager
-    def _guarded(self, con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-        key = next(self._keys)
-        with self._watch_lock:
-            self._running[key] = (time.monotonic() + self.eval_timeout_s, con)
-        try:
-            yield
-        except duckdb.InterruptException:
-            if key in self._timed_out:
-                raise _Timeout from None
-            raise
-        finally:
-            with self._watch_lock:
-                self._running.pop(key, None)
-                self._timed_out.discard(key)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.05):
-            now = time.monotonic()
-            with self._watch_lock:  # interrupting an idle connection is a no-op in DuckDB
-                for key, (deadline, con) in list(self._running.items()):
-                    if now > deadline:
-                        self._timed_out.add(key)
-                        del self._running[key]
-                        con.interrupt()
-
+    # -- internals: dry runs ------------------------------------------------------------------
     def _dry_run(self, table: str, schema: pa.Schema, sql: str, hint: str = "") -> pa.Table:
         """Run sql over an empty table: catches binder errors now and gives the output schema."""
         with self._dry_lock:
             self._dry.register(table, schema.empty_table())
             try:
-                with self._guarded(self._dry):
+                with self._watchdog.guard(self._dry):
                     return self._dry.sql(sql).to_arrow_table()
-            except (duckdb.Error, _Timeout) as e:
+            except (duckdb.Error, EvalTimeout) as e:
                 raise QueryRejected(f"the query cannot run on table {table}: {e}{hint}") from None
             finally:
                 self._dry.unregister(table)
@@ -603,7 +621,7 @@ class Subscriptions:
         except queue.Full:
             pass
         self._worker.join(timeout=5)
-        self._watchdog.join(timeout=5)
+        self._watchdog.close()
         with self._lock:
             for s in self._subs.values():
                 s.closed = True
@@ -629,7 +647,7 @@ def _check_table_name(name: str) -> None:
         raise ValueError(f"table name {name!r} must be a plain or dotted identifier")
 
 
-def _check_standing(tree: exp.Expression, tables: frozenset[str], windowed: bool) -> str:
+def check_standing(tree: exp.Expression, tables: frozenset[str], windowed: bool) -> str:
     """The query's single table, or QueryRejected saying what is allowed instead."""
     if isinstance(tree, exp.SetOperation):
         raise QueryRejected(f"UNION/INTERSECT/EXCEPT is not allowed; {_SHAPE}")

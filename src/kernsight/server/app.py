@@ -23,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import numpy as np
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
@@ -40,7 +41,9 @@ from mcp_types import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
+from ..detect.rules import SEVERITIES
 from ..query.engine import QueryFailed, QueryRejected, QueryResult
+from ..query.timespec import parse_time
 from ..runtime import Runtime
 from ..store import catalog
 from ..untrusted import safe
@@ -48,6 +51,7 @@ from .tracepoints import tracepoint_tools
 
 SCOPES = ("telemetry:read", "alerts:read", "audit:read")
 TELEMETRY = "telemetry:read"
+ALERTS = "alerts:read"
 LOCAL_CLIENT = "local"  # stdio and in-process clients: one trusted client, every scope
 SUB_URI = "kernsight://subscriptions/"
 NOTIFY_INTERVAL_S = 0.25  # resource-updated notifications: coalesced, at most 4/s per subscription
@@ -191,6 +195,19 @@ class UnsubscribeOut(BaseModel):
     unsubscribed: bool
 
 
+class AlertsOut(BaseModel):
+    columns: list[str]
+    rows: list[list[Any]]
+    cursor: int = Field(description="alert number of the first alert scanned")
+    next_cursor: int = Field(description="pass this as cursor to the next call")
+    lost: int = Field(description="alerts that left the in-memory buffer before they were read "
+                      "(still in the alerts table)")
+    has_more: bool
+    unevaluated_rows: int = Field(description="events the rule engine could not evaluate")
+    suppressed_pending: int = Field(description="repeats counted by rate limiting, not yet "
+                                    "carried by an alert row")
+
+
 class StatusOut(_Out):
     version: str
     kernel: str
@@ -216,9 +233,12 @@ DATA_NOTE = (
 
 INSTRUCTIONS = f"""kernsight: the running Linux kernel as live SQL tables (read-only).
 Tables: process (exec/fork/exit with argv), files (open/openat), syscall_stats (syscall counts per
-pid, about once a second), syscalls (every syscall; heavy, started only when queried).
-Start with status, then list_tables / describe_table, then narrow queries with a time window
-(since='5m'). For a live question use query(..., live_seconds=2); to watch, subscribe then poll.
+pid, about once a second), syscalls (every syscall; heavy, started only when queried), packets
+(anomalous packets on the watched interfaces), drops (packets the kernel dropped, with reasons).
+Detection rules raise alerts as events arrive: read them with alerts (long-poll with wait_ms,
+pass next_cursor back). Start with status, then list_tables / describe_table, then narrow
+queries with a time window (since='5m'). For a live question use query(...,
+live_seconds=2); to watch, subscribe then poll.
 {DATA_NOTE}"""
 
 PROMPT = f"""You are investigating a live Linux host with kernsight (read-only SQL over kernel
@@ -515,6 +535,58 @@ class KernsightMCP:
             out = UnsubscribeOut(subscription_id=subscription_id, unsubscribed=True)
             return result(f"unsubscribed {subscription_id}", out.model_dump())
 
+        async def alerts(
+            ctx: Context,
+            since: Annotated[
+                str | None, Field(max_length=64, description="only alerts of events after: "
+                                  "30s, 5m, 2h, 1d (ago) or ISO-8601")
+            ] = None,
+            min_severity: Annotated[
+                str | None, Field(description=f"one of {', '.join(SEVERITIES)}")
+            ] = None,
+            rule: Annotated[str | None, Field(max_length=64, description="one rule id")] = None,
+            cursor: Annotated[
+                int | None,
+                Field(ge=0, description="next_cursor of the previous call; omit to start with "
+                      "the oldest alert held"),
+            ] = None,
+            wait_ms: Annotated[
+                int,
+                Field(ge=0, le=L.max_wait_ms,
+                      description="long poll: wait up to this long for the first new alert"),
+            ] = 0,
+            limit: Annotated[int, Field(ge=1, le=L.max_rows)] = 200,
+        ) -> Annotated[CallToolResult, AlertsOut]:
+            self.admit(ctx, ALERTS)
+            if min_severity is not None and min_severity not in SEVERITIES:
+                raise ToolError(f"unknown severity {clean(min_severity, 32)!r}; use one of "
+                                f"{', '.join(SEVERITIES)}")  # fmt: skip
+            since_ns = await self._blocking(lambda: parse_time(since, time.time_ns()),
+                                            self._query_limiter)  # fmt: skip
+            det = self.runtime.detector
+            level = SEVERITIES.index(min_severity) if min_severity else 0
+            page = await self._blocking(
+                lambda: det.read(cursor, since_ns=since_ns, min_level=level, rule=rule,
+                                 limit=limit, wait_ms=wait_ms),
+                self._poll_limiter,
+            )  # fmt: skip
+            cols = ["alert_id", "ts", "severity", "rule_id", "pid", "comm", "output", "suppressed",
+                    "tags", "title", "key", "uid", "tid", "cgroup_id", "source", "batch"]
+            rows = [[_iso(a[c]) if c == "ts" else a[c] for c in cols] for a in page.rows]
+            rows = [[clean(v, L.max_string) if i != 6 else clean(v, 1024)
+                     for i, v in enumerate(r)] for r in rows]  # fmt: skip
+            out = AlertsOut(
+                columns=cols, rows=rows, cursor=page.cursor, next_cursor=page.next_cursor,
+                lost=page.lost, has_more=page.has_more, unevaluated_rows=page.unevaluated_rows,
+                suppressed_pending=page.suppressed_pending,
+            )  # fmt: skip
+            summary = (f"{len(rows)} alerts, next_cursor={page.next_cursor}, "
+                       f"has_more={page.has_more}, lost={page.lost}, "
+                       f"unevaluated_rows={page.unevaluated_rows}, "
+                       f"suppressed_pending={page.suppressed_pending}")  # fmt: skip
+            text = data_block(cols[:9], [r[:9] for r in rows], summary, L.text_rows)
+            return result(text, out.model_dump())
+
         async def status(ctx: Context) -> Annotated[CallToolResult, StatusOut]:
             self.admit(ctx)
             st = await anyio.to_thread.run_sync(self.runtime.status)
@@ -528,6 +600,8 @@ class KernsightMCP:
                 f"{s['expired']},{s['stored_rows']}"
                 for n, s in st["sources"].items()
             ]
+            lines += [f"{n} counters: {json.dumps(s['counters'], separators=(',', ':'))}"
+                      for n, s in st["sources"].items() if s.get("counters")]  # fmt: skip
             lines += [f"error: {e}" for e in st["errors"]]
             return result("\n".join(lines), st)
 
@@ -583,6 +657,12 @@ class KernsightMCP:
             "One tracepoint's fields (C type, offset, size, signedness, how it is decoded), "
             "its table's columns, and what the kernel prints for it. name: category:name or "
             "tp.<category>.<name>."))  # fmt: skip
+        add(alerts, annotations=READ_ONLY_STATEFUL, description=(
+            "Alerts raised by the detection rules (ATT&CK-tagged; `kernsight rules list`), "
+            "oldest first from cursor. Pass next_cursor back each time; wait_ms (up to "
+            f"{L.max_wait_ms}) long-polls for the first new alert. Filters: since, "
+            "min_severity, rule. lost counts alerts that left the buffer unread (query the "
+            f"alerts table for history). Needs scope {ALERTS}. {DATA_NOTE}"))  # fmt: skip
         add(status, annotations=READ_ONLY_STATEFUL, description=(
             "Version, kernel, uptime, each source (running, events/s, delivered, lost, "
             "expired, stored rows), store size and subscriptions. Call it first."))  # fmt: skip
@@ -677,6 +757,10 @@ class KernsightMCP:
     @staticmethod
     def _investigate(question: str = "What is this host doing right now?") -> str:
         return PROMPT.replace("{question}", question)
+
+
+def _iso(ns: int) -> str:
+    return str(np.datetime64(ns, "ns")) + "Z"
 
 
 def build(runtime: Runtime, limits: Limits | None = None) -> KernsightMCP:

@@ -126,6 +126,22 @@ class Source:
         """For polled sources: read the kernel's aggregate and return what is new."""
         raise NotImplementedError
 
+    def programs(self) -> set[str] | None:
+        """The programs of the object to load (None: all), e.g. only the tracepoints this
+        kernel has."""
+        return None
+
+    def attach(self, running: RunningSource) -> None:
+        """Attach the loaded programs; tracepoint sources attach by section name."""
+        running.obj.attach_all()
+
+    def detach(self, running: RunningSource) -> None:
+        """Before the object closes (which destroys every link it owns)."""
+
+    def status(self, running: RunningSource) -> dict | None:
+        """Extra counters shown with the source's delivered/lost (status, capture summary)."""
+        return None
+
 
 @dataclass
 class Counters:
@@ -152,18 +168,21 @@ class RunningSource:
         check_bpf_privileges()
         if self.source.needs_tracefs:
             tracefs_root()
-        self.obj = BPFObject(build(self.source.bpf_object))
+        self.obj = BPFObject(build(self.source.bpf_object), autoload=self.source.programs())
         try:
             self.obj.map("events").set_max_entries(
                 mmap_pages(self.ring_bytes or self.source.ring_bytes)
             )
             self.obj.load()
             self.set_filters(self.filters)
-            self.obj.attach_all()
+            self.source.attach(self)
             if not self.source.polled:
                 self.ring = RingBuffer(self.obj.map("events"), self.source.record.itemsize)
         except BaseException:
-            self.obj.close()
+            try:
+                self.source.detach(self)
+            finally:
+                self.obj.close()
             raise
 
     @property
@@ -220,7 +239,10 @@ class RunningSource:
         if self.ring:
             self.ring.close()
             self.ring = None
-        self.obj.close()
+        try:
+            self.source.detach(self)
+        finally:
+            self.obj.close()
 
 
 def mmap_pages(nbytes: int) -> int:

@@ -25,6 +25,8 @@ RECORD = np.dtype(
         ("exe_fstype", "u1", 16),
         ("filename", "u1", 256),
         ("argv", "u1", ARGV_MAX),
+        ("exe_seals", "<u4"),
+        ("_pad", "<u4"),
     ]
 )
 
@@ -62,6 +64,11 @@ class Process(Source):
         Column("stdio_sockets", pa.uint8(), "exec: bit i set when fd i (0,1,2) is a socket"),
         Column("exe_memfd", pa.bool_(), "exec: the executed file is an unlinked memfd"),
         Column("exe_fstype", pa.string(), "exec: filesystem type of the executed file (tmpfs...)"),
+        Column(
+            "exe_memfd_seals",
+            pa.uint32(),
+            "exec: F_SEAL_* bits of the executed memfd (8 = F_SEAL_WRITE: contents immutable)",
+        ),
     ]
 
     def decode(self, rec: np.ndarray, boot_offset_ns: int) -> pa.RecordBatch:
@@ -86,5 +93,6 @@ class Process(Source):
             "stdio_sockets": pa.array(rec["stdio_sockets"]),
             "exe_memfd": pa.array(rec["exe_memfd"] != 0),
             "exe_fstype": cstrings(rec["exe_fstype"]),
+            "exe_memfd_seals": pa.array(rec["exe_seals"]),
         }
         return pa.RecordBatch.from_pydict(cols, schema=self.schema())

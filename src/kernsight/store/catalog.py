@@ -20,12 +20,12 @@ _DUCKDB_TYPES = {
 
 
 def duckdb_type(t: pa.DataType) -> str:
+    if pa.types.is_list(t):
+        return duckdb_type(t.value_type) + "[]"
     if pa.types.is_timestamp(t):
         return "TIMESTAMPTZ_NS" if t.tz else "TIMESTAMP_NS"
     if pa.types.is_fixed_size_list(t):
         return f"{duckdb_type(t.value_type)}[{t.list_size}]"
-    if pa.types.is_list(t):
-        return f"{duckdb_type(t.value_type)}[]"
     return _DUCKDB_TYPES.get(t, str(t).upper())
 
 
@@ -55,6 +55,12 @@ def tables() -> dict[str, TableInfo]:
         cols = [(c.name, duckdb_type(c.type), c.description) for c in src.columns]
         out[name] = TableInfo(name, src.description, [*cols, BATCH_COLUMN], src.pushdown,
                               src.example, src.heavy)  # fmt: skip
+    from ..detect import alerts  # derived from the other tables, not captured
+
+    cols = [(c.name, duckdb_type(c.type), c.description) for c in alerts.COLUMNS]
+    batch = ("batch", "UBIGINT", "sequence number of the capture batch that triggered the alert")
+    out[alerts.NAME] = TableInfo(alerts.NAME, alerts.DESCRIPTION, [*cols, batch], (),
+                                 alerts.EXAMPLE, False)  # fmt: skip
     return out
 
 
@@ -87,6 +93,9 @@ def markdown() -> str:
         lines += [f"## `{t.name}`" + (" (heavy, off unless asked for)" if t.heavy else ""), ""]
         lines += [t.description, "", "| column | type | description |", "|---|---|---|"]
         lines += [f"| `{n}` | {ty} | {_cell(d)} |" for n, ty, d in t.columns]
-        lines += ["", f"In-kernel filters (equality / IN): {', '.join(t.pushdown)}.", ""]
+        if t.pushdown:
+            lines += ["", f"In-kernel filters (equality / IN): {', '.join(t.pushdown)}.", ""]
+        else:
+            lines += [""]
         lines += ["Example:", "", "```sql", t.example, "```", ""]
     return "\n".join(lines)
