@@ -161,11 +161,12 @@ def capture(
         cap.close()
         _fail(e)
     cap.run_in_thread()
+    # On stderr in every mode: once it is printed, the programs are attached.
+    err.print(
+        f"capturing {', '.join(sources)}"
+        + (f" for {seconds:g}s" if seconds else " (Ctrl-C to stop)"),
+    )
     if not as_json:
-        err.print(
-            f"capturing {', '.join(sources)}"
-            + (f" for {seconds:g}s" if seconds else " (Ctrl-C to stop)"),
-        )
         out.print(f"{'TIME':<15} {'SOURCE':<13} {'PID':>7} {'COMM':<16} EVENT", style="bold")
     deadline = time.monotonic() + seconds if seconds else None
     # Truncate to the terminal's width on a terminal only; a pipe gets whole lines.
