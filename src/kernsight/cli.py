@@ -328,6 +328,7 @@ def query(
                 if tp.is_table(t):
                     store.add_table(t, tp.schema(t))
                 cap.start(t, filters=f)
+            err.print(f"capturing {', '.join(wanted) or 'nothing'} for {seconds:g}s")
             return wanted
 
         def known() -> set[str]:
