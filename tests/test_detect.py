@@ -452,7 +452,7 @@ def test_arrow_kernels_agree_with_duckdb_on_real_and_edge_rows(rt) -> None:
     for rule in load_rules(TABLES):
         mask = compile_predicate(rule.predicate, TABLES[rule.source])
         assert mask is not None, f"{rule.id} fell back to DuckDB"
-        for data in whole[rule.source]:
+        for data in whole.get(rule.source, []):  # packets/drops: tests/test_network.py
             con.register("t", data)
             want = con.sql(f"SELECT {rule.predicate} AS m FROM t").to_arrow_table()["m"]
             con.unregister("t")

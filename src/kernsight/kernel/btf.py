@@ -24,8 +24,8 @@ _PER_MEMBER = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
 
 
 @functools.cache
-def _parse(path: Path = BTF_PATH) -> tuple[dict[str, dict[int, str]], frozenset[str]]:
-    """(enums by name -> {value: member name}, every named type)."""
+def _parse(path: Path = BTF_PATH) -> dict[str, dict[int, str]]:
+    """Every enum: name -> {value: member name}."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -43,17 +43,15 @@ def _parse(path: Path = BTF_PATH) -> tuple[dict[str, dict[int, str]], frozenset[
         return data[strs + off : end].decode(errors="replace")
 
     enums: dict[str, dict[int, str]] = {}
-    names: set[str] = set()
     pos, end = hdr_len + type_off, hdr_len + type_off + type_len
     while pos < end:
         name_off, info, _size = struct.unpack_from("<III", data, pos)
         kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
         body = pos + 12
         pos = body + _FIXED.get(kind, 0) + _PER_MEMBER.get(kind, 0) * vlen
-        if not name_off:
+        if not name_off or kind not in (_ENUM, _ENUM64):
             continue
         tname = name(name_off)
-        names.add(tname)
         if kind == _ENUM:
             raw = struct.unpack_from(f"<{2 * vlen}I", data, body)  # (name_off, value) pairs
             vals = raw[1::2]
@@ -65,19 +63,33 @@ def _parse(path: Path = BTF_PATH) -> tuple[dict[str, dict[int, str]], frozenset[
             enums[tname] = {
                 raw[i + 1] | raw[i + 2] << 32: name(raw[i]) for i in range(0, 3 * vlen, 3)
             }
-    return enums, frozenset(names)
+    return enums
 
 
 def enum_values(enum: str) -> dict[int, str]:
     """{value: member name} of `enum <name>` in the running kernel."""
-    enums, _ = _parse()
+    enums = _parse()
     if enum not in enums:
         raise KernelError(f"this kernel's BTF has no enum {enum}")
     return enums[enum]
 
 
+@functools.cache
+def _strings(path: Path = BTF_PATH) -> bytes:
+    data = path.read_bytes()
+    hdr_len, str_off, str_len = struct.unpack_from("<I", data, 4)[0], *struct.unpack_from(
+        "<II", data, 16
+    )
+    return data[hdr_len + str_off : hdr_len + str_off + str_len]
+
+
 def has_type(name: str) -> bool:
-    return name in _parse()[1]
+    """Whether a type of that name exists (its name is in the string section: cheap, no
+    walk of the types; names of types are the section's only identifiers of this form)."""
+    try:
+        return f"\0{name}\0".encode() in _strings()
+    except OSError:
+        return False
 
 
 class Symbols:

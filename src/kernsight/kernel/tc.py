@@ -4,7 +4,7 @@ A tcx link belongs to its file descriptor: when the last descriptor closes (norm
 crash, kill -9) the kernel detaches the program, so a dead kernsight leaves no filter behind.
 `TcxLink.destroy()` detaches explicitly first (BPF_LINK_DETACH), so a descriptor another
 process inherited by fork cannot keep our program attached either; and every run records its
-link ids in RUN_DIR so that the next run detaches what such a leaked descriptor still holds.
+link ids in run_dir() so that the next run detaches what such a leaked descriptor still holds.
 
 Interfaces can live in another network namespace: "NETNS/IFNAME", where NETNS is a name in
 /run/netns (as `ip netns` makes them) or a path such as /proc/PID/ns/net. Work inside a
@@ -55,7 +55,13 @@ SIOCGIFFLAGS, SIOCGIFHWADDR = 0x8913, 0x8927
 IFF_UP, IFF_LOOPBACK = 0x1, 0x8
 ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
 NETNS_DIR = Path("/run/netns")
-RUN_DIR = Path("/run/kernsight/tcx")
+
+
+def run_dir() -> Path:
+    """Where runs note their links (KERNSIGHT_RUN_DIR, default /run/kernsight: gone at boot,
+    like the links)."""
+    return Path(os.environ.get("KERNSIGHT_RUN_DIR", "/run/kernsight")) / "tcx"
+
 
 T = TypeVar("T")
 
@@ -266,9 +272,10 @@ def _start_time(pid: int) -> str | None:
 
 def record_links(tag: str, links: list[TcxLink]) -> Path:
     """Note this process's link ids, for sweep() after a crash. Returns the note's path."""
-    RUN_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    notes = run_dir()
+    notes.mkdir(parents=True, exist_ok=True, mode=0o700)
     pid = os.getpid()
-    path = RUN_DIR / f"{tag}.{pid}.json"
+    path = notes / f"{tag}.{pid}.json"
     doc = {"pid": pid, "start": _start_time(pid), "links": [link.id for link in links]}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc))
@@ -280,9 +287,10 @@ def sweep(tag: str, programs: set[str]) -> list[int]:
     """Detach the links that dead runs recorded, when they still run one of `programs`.
     Returns the ids detached."""
     detached: list[int] = []
-    if not RUN_DIR.is_dir():
+    notes = run_dir()
+    if not notes.is_dir():
         return detached
-    for note in RUN_DIR.glob(f"{tag}.*.json"):
+    for note in notes.glob(f"{tag}.*.json"):
         try:
             doc = json.loads(note.read_text())
         except (OSError, ValueError):
