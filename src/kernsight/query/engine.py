@@ -130,8 +130,7 @@ class QueryEngine:
             if self.ensure_sources is None:
                 raise QueryRejected("live queries need the capture engine (run the server)")
             wanted = {
-                t: kernel_filters(checked.sql, t, SOURCES[t].pushdown)
-                if self.pushdown and t in SOURCES else {}
+                t: kernel_filters(checked.sql, t, _pushable(t)) if self.pushdown else {}
                 for t in checked.tables
             }  # fmt: skip
             # The window opens before the sources start: what they see from their first event
@@ -180,6 +179,14 @@ class QueryEngine:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _pushable(table: str) -> tuple[str, ...]:
+    """Columns whose equality filters the table's capture can apply in the kernel. Tracepoint
+    tables keep events whose task pid or tid is listed: a superset of `pid = X`."""
+    if table in SOURCES:
+        return SOURCES[table].pushdown
+    return ("pid",) if table.startswith("tp.") else ()
 
 
 def _castable(t: pa.DataType) -> bool:
