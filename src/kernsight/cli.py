@@ -19,6 +19,7 @@ from rich.console import Console
 
 from . import __version__
 from .kernel.errors import KernelError
+from .trust.cli import app as audit_app
 from .untrusted import safe
 
 app = typer.Typer(
@@ -440,6 +441,8 @@ def token(
 
     print(srv.usage(state_dir(), url))
 
+
+app.add_typer(audit_app, name="audit")
 
 if __name__ == "__main__":
     app()

@@ -20,13 +20,15 @@ from .capture import Batch, Capture
 from .detect import alerts
 from .detect.engine import Detector
 from .detect.rules import load_rules
+from .provenance import batch_entry, file_digests, host_facts, object_digest
 from .query.engine import QueryEngine
 from .query.subscribe import Subscriptions
 from .sources import SOURCES
 from .sources import tracepoint as tp
 from .store.store import Store
+from .trust.log import open_audit
 
-DEFAULT_SOURCES = ("process", "files", "syscall_stats")
+DEFAULT_SOURCES = ("process", "files", "syscall_stats", "security")
 
 
 class Runtime:
@@ -45,6 +47,7 @@ class Runtime:
         detect: bool = True,
         alert_rate_limit_s: float = 60.0,
         source_options: dict[str, dict] | None = None,
+        audit: bool = True,
     ) -> None:
         """rules_dirs: user rule directories besides <state_dir>/rules (later ones win).
         source_options: per source, its constructor's options, e.g.
@@ -79,12 +82,22 @@ class Runtime:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
+        # The audit log (trust/): lifecycle, every batch, and (through the server) every tool
+        # call. `audit.record(type, data)` is how any part adds an entry.
+        self.audit = open_audit(self.state_dir / "audit") if audit else None
+        self._batch_lost: dict[str, int] = {}
+        if self.audit is not None:
+            self.audit.begin({**host_facts(), "rule_packs": file_digests(r.file for r in rules),
+                              "rules": len(rules), "config": {
+                "sources": list(sources), "max_age_s": max_age_s, "max_bytes": max_bytes,
+                "idle_stop_s": idle_stop_s, "query_timeout_s": query_timeout_s,
+                "query_memory_bytes": query_memory_bytes, "query_workers": query_workers}})
         self.capture.subscribe(self._on_batch)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         for name in self._always_on():
-            self.capture.start(name)
+            self._start_source(name)
         self.capture.run_in_thread()
         self._timer = threading.Thread(target=self._housekeeping, name="kernsight-housekeeping",
                                        daemon=True)  # fmt: skip
@@ -94,11 +107,29 @@ class Runtime:
         self._stop.set()
         if self._timer:
             self._timer.join(timeout=5)
+        running = self.capture.running()
         self.capture.close()
         self.detector.close()
         self.subscriptions.close()
         self.engine.close()
         self.store.close()
+        if self.audit is not None:
+            final = {n: {"delivered": st.delivered, "lost": st.lost}
+                     for n, st in self.capture.final.items() if n in running}  # fmt: skip
+            self.audit.close({"sources": final, "errors": len(self.capture.errors)})
+
+    def _start_source(self, name: str) -> None:
+        self.capture.start(name)
+        if self.audit is not None:
+            self.audit.record("source_start", {"source": name,
+                                               "bpf_object_sha256": object_digest(name)})
+
+    def _stop_source(self, name: str) -> None:
+        self.capture.stop(name)
+        if self.audit is not None:
+            st = self.capture.final.get(name)
+            self.audit.record("source_stop", {"source": name, "delivered": st and st.delivered,
+                                              "lost": st and st.lost})  # fmt: skip
 
     def __enter__(self) -> Runtime:
         return self
@@ -109,6 +140,7 @@ class Runtime:
     # -- data path ---------------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
         self.store.append(batch.source, batch.data, batch.seq, batch.lost_total)
+        self._audit_batch(batch)
         self.subscriptions.on_batch(batch)
         self.detector.on_batch(batch)
         for fn in list(self._listeners):
@@ -118,7 +150,19 @@ class Runtime:
         """New alerts (detector thread): stored with the triggering batch's sequence, and
         pushed to the live subscriptions as a batch of the `alerts` table."""
         self.store.append(alerts.NAME, data, seq)
-        self.subscriptions.on_batch(Batch(alerts.NAME, self.capture.next_seq(), data, 0))
+        batch = Batch(alerts.NAME, self.capture.next_seq(), data, 0)
+        self._audit_batch(batch)
+        self.subscriptions.on_batch(batch)
+
+    def _audit_batch(self, batch: Batch) -> None:
+        if self.audit is None:
+            return
+        prev = self._batch_lost.get(batch.source, 0)
+        self._batch_lost[batch.source] = batch.lost_total
+        try:
+            self.audit.record("batch", batch_entry(batch, batch.lost_total - prev))
+        except Exception as e:  # the data is kept; the gap is shown in status
+            self.capture.errors.append(f"audit: {type(e).__name__}: {e}")
 
     def _always_on(self) -> list[str]:
         """The default sources and those the enabled rules read."""
@@ -140,7 +184,7 @@ class Runtime:
                     continue
                 self._last_used[name] = time.monotonic()
                 if name not in self.capture.running():
-                    self.capture.start(name)
+                    self._start_source(name)
                     started[name] = {}
         return started
 
@@ -208,7 +252,7 @@ class Runtime:
                 if name in needed:
                     continue
                 if now - self._last_used.get(name, now) > self.idle_stop_s:
-                    self.capture.stop(name)
+                    self._stop_source(name)
 
     # -- status ------------------------------------------------------------------------------
     def status(self) -> dict:

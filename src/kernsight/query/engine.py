@@ -174,6 +174,7 @@ class QueryEngine:
             "since": _iso(since_ns),
             "until": _iso(until_ns),
             "sources": sources,
+            "batches": _batch_range(snap),
         }
         return QueryResult(table, meta)
 
@@ -187,6 +188,14 @@ def _pushable(table: str) -> tuple[str, ...]:
     if table in SOURCES:
         return SOURCES[table].pushdown
     return ("pid",) if table.startswith("tp.") else ()
+
+
+def _batch_range(snap: dict[str, list[dict]]) -> list[int] | None:
+    """[first, last] capture batch sequence number of the segments the answer read (every row
+    carries its batch in the `batch` column; the audit log records each batch's digest)."""
+    seqs = [s[k] for segs in snap.values() for s in segs for k in ("seq_min", "seq_max")
+            if s[k] is not None]  # fmt: skip
+    return [min(seqs), max(seqs)] if seqs else None
 
 
 def _castable(t: pa.DataType) -> bool:

@@ -47,6 +47,7 @@ from ..query.timespec import parse_time
 from ..runtime import Runtime
 from ..store import catalog
 from ..untrusted import safe
+from .audit import AuditExtension
 from .tracepoints import tracepoint_tools
 
 SCOPES = ("telemetry:read", "alerts:read", "audit:read")
@@ -166,8 +167,9 @@ class QueryOut(BaseModel):
     columns: list[str]
     rows: list[list[Any]]
     meta: dict[str, Any] = Field(
-        description="rows, truncated, bytes, elapsed_ms, since, until, and per source: lost, "
-        "expired, complete (whether the window is complete), started_now"
+        description="rows, truncated, bytes, elapsed_ms, since, until, batches ([first, last] "
+        "capture batch the answer was computed from), and per source: lost, expired, complete "
+        "(whether the window is complete), started_now"
     )
 
 
@@ -277,10 +279,13 @@ class KernsightMCP:
         self.bus = InMemorySubscriptionBus()
         self._watchers: dict[str, set[Any]] = {}  # uri -> legacy sessions
         self._notifier_running = False
+        self.transport = "in-process"  # run_stdio / run_http say which (the audit log records it)
+        # Every tool call, of every tool registered now or later, goes through the audit log.
+        audit = [AuditExtension(self, runtime.audit)] if runtime.audit is not None else []
         self.server: MCPServer = MCPServer(
             "kernsight", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING",
             title="kernsight: live Linux kernel events as SQL", subscriptions=self.bus,
-            lifespan=self._lifespan,
+            lifespan=self._lifespan, extensions=audit,
         )  # fmt: skip
         self._register_tools()
         self._register_resources()

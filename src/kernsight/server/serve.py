@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +41,21 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.getLogger("mcp").setLevel(logging.WARNING)
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends the server through the normal path (`finally: runtime.close()`: the store is
+    sealed, the audit log gets its stop entry and final checkpoint). uvicorn re-raises the
+    signal it caught after its own shutdown; this handler turns that into SystemExit."""
+
+    def stop(*_: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _runtime(state_dir: Path):  # noqa: ANN202
     from ..runtime import Runtime
 
+    _exit_on_sigterm()
     rt = Runtime(state_dir)
     rt.start()
     return rt
@@ -56,7 +69,9 @@ def run_stdio(state_dir: Path, limits: Limits | None = None) -> None:
     rt = _runtime(state_dir)
     try:
         log.info("kernsight MCP server on stdio (state dir %s)", state_dir)
-        anyio.run(KernsightMCP(rt, limits).server.run_stdio_async)
+        app = KernsightMCP(rt, limits)
+        app.transport = "stdio"
+        anyio.run(app.server.run_stdio_async)
     finally:
         rt.close()
 
@@ -221,6 +236,7 @@ def run_http(
     rt = _runtime(state_dir)
     try:
         mcp = KernsightMCP(rt, limits)
+        mcp.transport = "http"
         app = http_app(mcp, cfg)
         if cfg.auth:
             connect = usage(state_dir, cfg.url) + ("\n  (token generated now)" if created else "")

@@ -47,7 +47,8 @@ class Segment:
         )
 
     def describe(self) -> dict:
-        return {"path": str(self.path), "bytes": self.bytes, "sealed": self.sealed}
+        return {"path": str(self.path), "bytes": self.bytes, "sealed": self.sealed,
+                "seq_min": self.seq_min, "seq_max": self.seq_max}  # fmt: skip
 
 
 @dataclass
