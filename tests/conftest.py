@@ -60,9 +60,10 @@ class Collector:
     def table(self, source: str) -> pa.Table:
         with self._cv:
             bs = [b.data for b in self.batches.get(source, [])]
-        from kernsight.sources import SOURCES
+        from kernsight.sources import SOURCES, tracepoint
 
-        return pa.Table.from_batches(bs, schema=SOURCES[source].schema())
+        schema = tracepoint.schema(source) if tracepoint.is_table(source) else None
+        return pa.Table.from_batches(bs, schema=schema or SOURCES[source].schema())
 
     def rows(self, source: str, where: Callable[[dict], bool]) -> list[dict]:
         t = self.table(source).drop_columns(["ts"])

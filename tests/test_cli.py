@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -24,10 +23,10 @@ def test_doctor_passes_here() -> None:
 def _capture(*args: str, action) -> subprocess.CompletedProcess:
     p = subprocess.Popen([KS, "capture", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)  # fmt: skip
-    time.sleep(2.0)  # load + attach
+    first = p.stderr.readline()  # "capturing ...": loaded and attached
     action()
     out, err = p.communicate(timeout=60)
-    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, first + err)
 
 
 def test_capture_json_lines_show_a_real_exec() -> None:

@@ -276,8 +276,9 @@ def test_cli_query_live_json() -> None:
     tag = uuid.uuid4().hex[:10]
     p = subprocess.Popen([ks, "query", f"SELECT argv FROM process WHERE argv LIKE '%{tag}%'",
                           "--for", "3", "--format", "json"], stdout=subprocess.PIPE, text=True,
+                         stderr=subprocess.PIPE,
                          env={**os.environ, "KERNSIGHT_STATE_DIR": "/nonexistent"})  # fmt: skip
-    time.sleep(2)
+    assert "capturing process" in p.stderr.readline()  # started: the window begins now
     subprocess.run(["/bin/echo", tag], stdout=subprocess.DEVNULL)
     out, _ = p.communicate(timeout=60)
     doc = json.loads(out)

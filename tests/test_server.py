@@ -115,7 +115,8 @@ def test_in_memory_tools_query_and_subscription(runtime, mode: str) -> None:
             tools = {t.name: t for t in (await c.list_tools()).tools}
             assert set(tools) == {"list_tables", "describe_table", "query", "subscribe", "poll",
                                   "unsubscribe", "status", "alerts", "audit_checkpoint",
-                                  "audit_proof"}  # fmt: skip
+                                  "audit_proof", "list_tracepoints",
+                                  "describe_tracepoint"}  # fmt: skip
             for t in tools.values():
                 assert t.annotations.read_only_hint and not t.annotations.open_world_hint
                 assert t.output_schema and t.description
@@ -278,7 +279,7 @@ def test_stdio_subprocess_with_sdk_client_modern_era(tmp_path: Path) -> None:
     async def main() -> None:
         async with Client(params, mode="2026-07-28") as c:
             assert c.protocol_version == "2026-07-28"
-            assert len((await c.list_tools()).tools) == 10
+            assert len((await c.list_tools()).tools) == 12
             r = await c.call_tool("status", {})
             assert not r.is_error and r.structured_content["version"]
 
@@ -379,7 +380,7 @@ def test_http_token_lacking_scope(http_server, mode: str) -> None:
     url, _, _ = http_server
 
     async def body(c: Client) -> None:
-        assert len((await c.list_tools()).tools) == 10
+        assert len((await c.list_tools()).tools) == 12
         for name, args in [("query", {"sql": "SELECT 1"}), ("subscribe", {"sql": EXEC_SQL})]:
             r = await c.call_tool(name, args)
             assert r.is_error and "insufficient scope" in r.content[0].text

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from .kernel.system import boot_offset_ns
 from .sources import SOURCES, RunningSource
+from .sources import tracepoint as tp
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,14 @@ class Capture:
         self._stopping = False
         self.errors: list[str] = []
         self.final: dict[str, SourceStats] = {}  # last stats of each stopped source
+        self._tp: tp.TracepointRunner | None = None  # tp.* tables: one generic program
 
     # -- sources -------------------------------------------------------------------------
     def start(
         self, name: str, *, ring_bytes: int | None = None, filters: dict | None = None
     ) -> None:
+        if tp.is_table(name):
+            return self._start_tp(name, filters or {})
         if name not in SOURCES:
             raise KeyError(f"unknown source {name!r}; known: {', '.join(sorted(SOURCES))}")
         with self._lock:
@@ -98,8 +102,36 @@ class Capture:
                 self._epoll.register(rs.fd, select.EPOLLIN)
         self._wake()
 
+    def _start_tp(self, name: str, filters: dict) -> None:
+        """Attach the generic program to one more tracepoint (loading it on first use).
+        filters: {"pid": [...], "sample": N}, pushed into the kernel for this tracepoint."""
+        with self._lock:
+            if self._tp is None:
+                self._tp = tp.TracepointRunner(self.boot_offset_ns)
+                for fd in self._tp.fds:
+                    self._epoll.register(fd, select.EPOLLIN)
+            if name in self._tp.attached:
+                return
+            self._tp.attach(name, filters.get("pid"), filters.get("sample", 1))
+            self._meta[name] = {"batches": 0, "started_at": time.monotonic()}
+        self._wake()
+
+    def _stop_tp(self, name: str) -> None:
+        assert self._tp is not None
+        self._drain_tp(final=True)
+        self.final[name] = self.stats()[name]
+        self._tp.detach(name)
+        self._drain_tp(final=True)  # what was in flight when it detached
+        if not self._tp.attached:
+            for fd in self._tp.fds:
+                self._epoll.unregister(fd)
+            self._tp.close()
+            self._tp = None
+
     def stop(self, name: str) -> None:
         with self._lock:
+            if self._tp is not None and name in self._tp.attached:
+                return self._stop_tp(name)
             rs = self._running.get(name)
             if rs is None:
                 return
@@ -112,10 +144,12 @@ class Capture:
 
     def running(self) -> list[str]:
         with self._lock:
-            return list(self._running)
+            return list(self._running) + (list(self._tp.attached) if self._tp else [])
 
     def set_filters(self, name: str, filters: dict) -> None:
         with self._lock:
+            if self._tp is not None and name in self._tp.attached:
+                return self._tp.set_filter(name, filters.get("pid"), filters.get("sample", 1))
             self._running[name].set_filters(filters)
 
     def stats(self) -> dict[str, SourceStats]:
@@ -128,6 +162,15 @@ class Capture:
                     name, c.produced, c.delivered, c.lost, m["batches"], m["started_at"],
                     dict(rs.filters), rs.source.status(rs),
                 )  # fmt: skip
+            for name, att in self._tp.attached.items() if self._tp else ():
+                c = self._tp.counters(name)
+                m = self._meta[name]
+                filters = {"pid": list(att.pids)} if att.pids else {}
+                if att.sample > 1:
+                    filters["sample"] = att.sample
+                extra = {"sampled_out": c.sampled_out} if att.sample > 1 else None
+                out[name] = SourceStats(name, c.produced, c.delivered, c.lost, m["batches"],
+                                        m["started_at"], filters, extra)  # fmt: skip
             return out
 
     def next_seq(self) -> int:
@@ -178,6 +221,8 @@ class Capture:
                         self._drain(rs)
                 elif self._drain(rs) and rs.source.coalesce_s:
                     coalesce = max(coalesce, rs.source.coalesce_s)
+            if self._drain_tp():
+                coalesce = max(coalesce, tp.COALESCE_S)
         if coalesce:
             # A heavy source woke us: let its ring fill a little so the next read is one big
             # batch, not many small ones (per-batch cost dominates at millions of events/s).
@@ -209,11 +254,33 @@ class Capture:
                 return rows
         return rows
 
+    def _drain_tp(self, final: bool = False) -> int:
+        """Read the tracepoint rings: one Batch per tracepoint table and ring read."""
+        if self._tp is None:
+            return 0
+        rows = 0
+        # Bounded even when final: a busy tracepoint (sched_switch, anything our own reading
+        # triggers) refills the rings as fast as they drain.
+        for _ in range(64 if final else self.MAX_BATCHES_PER_TURN):
+            got = self._tp.read()
+            if not got:
+                break
+            for name, data in got:
+                rows += data.num_rows
+                lost = self._tp.counters(name).lost if name in self._tp.attached else 0
+                if name in self._meta:
+                    self._meta[name]["batches"] += 1
+                batch = Batch(name, next(self._seq), data, lost)
+                for fn in list(self._subs):
+                    fn(batch)
+        return rows
+
     def flush(self) -> None:
         """Read everything the rings hold now (and poll the polled sources), synchronously."""
         with self._lock:
             for rs in list(self._running.values()):
                 self._drain(rs, final=True)
+            self._drain_tp(final=True)
 
     def _wake(self) -> None:
         try:

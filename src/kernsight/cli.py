@@ -162,11 +162,12 @@ def capture(
         cap.close()
         _fail(e)
     cap.run_in_thread()
+    # On stderr in every mode: once it is printed, the programs are attached.
+    err.print(
+        f"capturing {', '.join(sources)}"
+        + (f" for {seconds:g}s" if seconds else " (Ctrl-C to stop)"),
+    )
     if not as_json:
-        err.print(
-            f"capturing {', '.join(sources)}"
-            + (f" for {seconds:g}s" if seconds else " (Ctrl-C to stop)"),
-        )
         out.print(f"{'TIME':<15} {'SOURCE':<13} {'PID':>7} {'COMM':<16} EVENT", style="bold")
     deadline = time.monotonic() + seconds if seconds else None
     # Truncate to the terminal's width on a terminal only; a pipe gets whole lines.
@@ -245,6 +246,48 @@ def tables(
 
 
 @app.command()
+def tracepoints(
+    filter: str = typer.Argument(None, help="substring of category:name, or a glob (* ?)"),
+    describe: str = typer.Option(
+        None, "--describe", "-d", help="show one tracepoint's fields (category:name)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="JSON output"),
+) -> None:
+    """The kernel's tracepoints; each is queryable as table tp.<category>.<name>."""
+    from .sources import tracepoint as tp
+
+    out = Console(highlight=False, soft_wrap=True)
+    try:
+        if describe:
+            d = tp.describe(describe)
+            if as_json:
+                print(json.dumps(d, indent=2))
+                return
+            out.print(f"[bold]{d['name']}[/]  table {d['table']}  (id {d['id']})")
+            out.print(f"  {d['description']}", markup=False)
+            for f in d["fields"]:
+                note = f"  ({f['note']})" if f.get("note") else ""
+                out.print(f"    {f['column']:<22} {f['c_type']:<28} off {f['offset']:<4} "
+                          f"size {f['size']:<4} {'signed' if f['signed'] else 'unsigned':<8} "
+                          f"{f['kind']}{note}", markup=False)  # fmt: skip
+            out.print(f"  example: {d['example']}", markup=False)
+            return
+        rows, cursor = [], 0
+        while cursor is not None:
+            page = tp.listing(filter, cursor)
+            rows += page["tracepoints"]
+            cursor = page["next_cursor"]
+    except (KeyError, ValueError, KernelError) as e:
+        _fail(ValueError(e.args[0]) if isinstance(e, KeyError) else e)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        out.print(f"{r['name']:<48} {r['table']}", markup=False)
+    err.print(f"{len(rows)} tracepoints; describe one with: kernsight tracepoints -d NAME")
+
+
+@app.command()
 def query(
     sql: str = typer.Argument(..., help="one read-only SELECT (DuckDB dialect)"),
     since: str = typer.Option(None, help="window start: 30s, 5m, 2h, 1d or ISO-8601"),
@@ -264,11 +307,13 @@ def query(
 
     from .query.engine import QueryEngine, QueryFailed, QueryRejected
     from .sources import SOURCES
+    from .sources import tracepoint as tp
     from .store.store import Store
 
     if fmt not in ("table", "json", "csv"):
         _fail(ValueError(f"unknown format {fmt!r}: use table, json or csv"))
     schemas = {n: s.schema() for n, s in SOURCES.items()}
+    known = None
     cap = None
     tmp = None
     if seconds is not None:
@@ -281,13 +326,27 @@ def query(
 
         def ensure(wanted: dict[str, dict]) -> dict[str, dict]:
             for t, f in wanted.items():  # a private store: every filter is sound here
+                if tp.is_table(t):
+                    store.add_table(t, tp.schema(t))
                 cap.start(t, filters=f)
+            err.print(f"capturing {', '.join(wanted) or 'nothing'} for {seconds:g}s")
             return wanted
 
+        def known() -> set[str]:
+            return set(store.tables) | tp.all_tables()
+
         cap.run_in_thread()
-        engine = QueryEngine(store, ensure_sources=ensure, flush=cap.flush, pushdown=pushdown)
+        engine = QueryEngine(store, ensure_sources=ensure, flush=cap.flush, pushdown=pushdown,
+                             known_tables=known)  # fmt: skip
     else:
-        store = Store(state_dir() / "store", schemas, readonly=True)
+        root = state_dir() / "store"
+        for d in root.glob("tp.*") if root.is_dir() else []:  # what the server captured
+            if tp.TABLE_RE.match(d.name):
+                try:
+                    schemas[d.name] = tp.schema(d.name)
+                except KeyError:
+                    pass  # a tracepoint this kernel no longer has
+        store = Store(root, schemas, readonly=True)
         engine = QueryEngine(store)
     try:
         result = engine.query(sql, since=since, until=until, limit=limit, live_seconds=seconds)

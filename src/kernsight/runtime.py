@@ -24,10 +24,11 @@ from .provenance import batch_entry, file_digests, host_facts, object_digest
 from .query.engine import QueryEngine
 from .query.subscribe import Subscriptions
 from .sources import SOURCES
+from .sources import tracepoint as tp
 from .store.store import Store
 from .trust.log import open_audit
 
-DEFAULT_SOURCES = ("process", "files", "syscall_stats")
+DEFAULT_SOURCES = ("process", "files", "syscall_stats", "security")
 
 
 class Runtime:
@@ -69,6 +70,7 @@ class Runtime:
                                  rate_limit_s=alert_rate_limit_s)  # fmt: skip
         self.engine = QueryEngine(
             self.store,
+            known_tables=self.known_tables,
             ensure_sources=self._ensure_sources,
             flush=self.capture.flush,
             timeout_s=query_timeout_s,
@@ -176,7 +178,9 @@ class Runtime:
         started: dict[str, dict] = {}
         with self._lock:
             for name in wanted:
-                if name not in SOURCES:  # alerts: derived, not captured
+                if tp.is_table(name):
+                    self.add_tracepoint_table(name)
+                elif name not in SOURCES:  # alerts: derived, not captured
                     continue
                 self._last_used[name] = time.monotonic()
                 if name not in self.capture.running():
@@ -186,7 +190,51 @@ class Runtime:
 
     def use(self, tables: set[str] | frozenset[str]) -> dict[str, dict]:
         """A query or subscription names these tables: make sure they are captured."""
-        return self._ensure_sources({t: {} for t in tables if t in SOURCES})
+        return self._ensure_sources({t: {} for t in tables if t in SOURCES or tp.is_table(t)})
+
+    # -- tracepoint tables (tp.<category>.<name>) -------------------------------------------
+    def known_tables(self) -> set[str]:
+        """What a query may name: the store's tables and every tracepoint of this kernel."""
+        try:
+            names = tp.all_tables()
+        except Exception:  # no tracefs: only the built-in tables
+            names = []
+        return set(self.store.tables) | set(names)
+
+    def add_tracepoint_table(self, table: str) -> str:
+        """Declare a tracepoint table (store + subscriptions) before anything reads it."""
+        schema = tp.schema(table)  # KeyError naming how to find tracepoints when unknown
+        self.store.add_table(table, schema)
+        self.subscriptions.add_table(table, schema)
+        return table
+
+    def prepare(self, sql: str) -> None:
+        """Declare the tracepoint tables a standing query names, so it can be validated."""
+        from .query.validate import validate
+
+        for t in validate(sql, self.known_tables()).tables:
+            if tp.is_table(t):
+                self.add_tracepoint_table(t)
+
+    def list_tracepoints(self, filter: str | None = None, cursor: int = 0) -> dict:
+        out = tp.listing(filter, cursor)
+        running = set(self.capture.running())
+        for t in out["tracepoints"]:
+            t["capturing"] = t["table"] in running
+        return out
+
+    def describe_tracepoint(self, name: str) -> dict:
+        return tp.describe(name)
+
+    def tables(self) -> dict:
+        """catalog.tables() plus the tracepoint tables used so far."""
+        from .store import catalog
+
+        out = catalog.tables()
+        for name in sorted(self.store.tables):
+            if tp.is_table(name):
+                out[name] = catalog.tracepoint_table(name)
+        return out
 
     def _housekeeping(self) -> None:
         while not self._stop.wait(5.0):
@@ -224,11 +272,11 @@ class Runtime:
                     "lost": stats[name].lost if name in stats else 0,
                     "expired": store[name]["expired"],
                     "stored_rows": store[name]["rows"],
-                    "heavy": SOURCES[name].heavy,
+                    "heavy": SOURCES[name].heavy if name in SOURCES else False,
                     **({"counters": stats[name].extra} if name in stats and stats[name].extra
                        else {}),
                 }  # fmt: skip
-                for name in SOURCES
+                for name in [*SOURCES, *sorted(n for n in store if tp.is_table(n))]
             },
             "store_bytes": sum(t["bytes"] for t in store.values()),
             "subscriptions": len(self.subscriptions.list()),

@@ -1,11 +1,11 @@
 /* process: exec, fork and exit of processes (not threads), from BTF tracepoints,
  * with the context the security rules need (parent, stdio sockets, memfd / tmpfs exe). */
-#include "common.h"
+#include "path.h"
 
 #define ARGV_MAX 512
 #define PATH_MAX_BYTES 256
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
+#define ENV_CHUNK 4096 /* an env string longer than this is read in several steps */
+#define ENV_STEPS 256  /* env strings (or chunks) looked at, at most */
 
 enum { EV_EXEC = 1, EV_FORK = 2, EV_EXIT = 3 };
 
@@ -23,8 +23,46 @@ struct process_event {
 	char filename[PATH_MAX_BYTES];
 	char argv[ARGV_MAX];
 	__u32 exe_seals; /* F_SEAL_* of an executed memfd (shmem) */
-	__u32 _pad;
+	__u8 ld_preload;
+	__u8 _pad[3];
+	char exe_path[PATH_BYTES];
 };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[ENV_CHUNK]);
+} envbuf SEC(".maps");
+
+struct env_scan {
+	unsigned long p, end;
+	__u32 cont; /* p is inside a string, not at its start */
+	__u32 found;
+};
+
+/* One env string per step: its length comes from copying it (no strlen for user memory). */
+static long env_step(__u64 i, void *vctx)
+{
+	struct env_scan *s = vctx;
+	__u32 zero = 0;
+	char *b = bpf_map_lookup_elem(&envbuf, &zero);
+	if (!b || s->p >= s->end)
+		return 1;
+	long n = bpf_probe_read_user_str(b, ENV_CHUNK, (void *)s->p);
+	if (n <= 0)
+		return 1;
+	/* "LD_PRELOAD=" with a value: an empty one preloads nothing. */
+	if (!s->cont && n >= 13 && b[0] == 'L' && b[1] == 'D' && b[2] == '_' && b[3] == 'P' &&
+	    b[4] == 'R' && b[5] == 'E' && b[6] == 'L' && b[7] == 'O' && b[8] == 'A' && b[9] == 'D' &&
+	    b[10] == '=') {
+		s->found = 1;
+		return 1;
+	}
+	s->cont = n == ENV_CHUNK;
+	s->p += s->cont ? n - 1 : n;
+	return 0;
+}
 
 static __always_inline void fill_parent(struct process_event *e, struct task_struct *t)
 {
@@ -103,6 +141,13 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	if (len && bpf_probe_read_user(e->argv, len & (ARGV_MAX - 1), (void *)start) < 0)
 		e->argv_len = 0;
 	e->argv[ARGV_MAX - 1] = 0;
+
+	struct env_scan scan = {
+		.p = BPF_CORE_READ(mm, env_start), .end = BPF_CORE_READ(mm, env_end),
+	};
+	bpf_loop(ENV_STEPS, env_step, &scan, 0);
+	e->ld_preload = scan.found;
+	ks_file_path(e->exe_path, file);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
@@ -134,6 +179,8 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	e->exe_fstype[0] = 0;
 	e->exe_seals = 0;
 	e->argv[0] = 0;
+	e->exe_path[0] = 0;
+	e->ld_preload = 0;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
@@ -162,6 +209,8 @@ int BPF_PROG(on_exit, struct task_struct *p, bool group_dead)
 	e->exe_fstype[0] = 0;
 	e->exe_seals = 0;
 	e->argv[0] = 0;
+	e->exe_path[0] = 0;
+	e->ld_preload = 0;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

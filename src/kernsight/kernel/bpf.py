@@ -12,6 +12,7 @@ import errno
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -57,6 +58,7 @@ _sig("bpf_program__name", _c.c_char_p, _P)
 _sig("bpf_program__section_name", _c.c_char_p, _P)
 _sig("bpf_program__set_autoload", _c.c_int, _P, _c.c_bool)
 _sig("bpf_program__attach", _P, _P)
+_sig("bpf_program__attach_tracepoint_opts", _P, _P, _c.c_char_p, _c.c_char_p, _P)
 _sig("bpf_program__fd", _c.c_int, _P)
 _sig("bpf_link__destroy", _c.c_int, _P)
 _sig("bpf_map__name", _c.c_char_p, _P)
@@ -227,6 +229,10 @@ class Map:
         return 0 if raw is None else int(np.frombuffer(raw, dtype=np.uint64).sum())
 
 
+class _TracepointOpts(ctypes.Structure):
+    _fields_ = [("sz", _c.c_size_t), ("bpf_cookie", _c.c_uint64)]  # libbpf.h, 1.1
+
+
 class Detachable(Protocol):
     def destroy(self) -> None: ...
 
@@ -307,20 +313,60 @@ class BPFObject:
             if self._autoload is not None and name not in self._autoload:
                 continue
             section = (_lib.bpf_program__section_name(prog) or b"").decode()
-            with _load_lock:
-                _log_lines.clear()
-                ctypes.set_errno(0)
-                link = _lib.bpf_program__attach(prog)
-                err = ctypes.get_errno()
-                lines = list(_log_lines)
-            if not link:
-                detail = "; ".join(ln.strip() for ln in lines[-3:])
-                raise AttachError(
-                    f"cannot attach {self.path.name}:{name} ({section}): "
-                    f"{os.strerror(err or errno.EINVAL)}" + (f" [{detail}]" if detail else ""),
-                    fix="check that the tracepoint exists: kernsight doctor",
-                )
-            self._links.append(Link(link, name))
+            self._attach(
+                name, f"{name} ({section})", lambda prog=prog: _lib.bpf_program__attach(prog)
+            )
+
+    def _attach(self, program: str, what: str, call) -> Link:  # noqa: ANN001
+        """Run one libbpf attach call, collecting its log lines; a Link or a clear error."""
+        with _load_lock:
+            _log_lines.clear()
+            ctypes.set_errno(0)
+            link = call()
+            err = ctypes.get_errno()
+            lines = list(_log_lines)
+        if not link:
+            detail = "; ".join(ln.strip() for ln in lines[-3:])
+            raise AttachError(
+                f"cannot attach {self.path.name}:{what}: "
+                f"{os.strerror(err or errno.EINVAL)}" + (f" [{detail}]" if detail else ""),
+                fix="check that the tracepoint exists: kernsight doctor",
+            )
+        out = Link(link, program)
+        self._links.append(out)
+        return out
+
+    def _find_program(self, name: str) -> int:
+        prog = next((p for n, p in self._programs() if n == name), None)
+        if prog is None:
+            raise KernelError(f"{self.path.name}: no program named {name!r}")
+        return prog
+
+    def attach_tracepoint(self, program: str, category: str, name: str, cookie: int) -> Link:
+        """Attach `program` to the classic tracepoint category:name with a BPF cookie (what
+        bpf_get_attach_cookie returns in the program). `detach(link)` undoes it early;
+        close() destroys whatever is left."""
+        prog = self._find_program(program)
+        opts = _TracepointOpts(ctypes.sizeof(_TracepointOpts), cookie)
+        return self._attach(
+            program, f"{program} to tracepoint {category}:{name}",
+            lambda: _lib.bpf_program__attach_tracepoint_opts(
+                prog, category.encode(), name.encode(), ctypes.byref(opts)
+            ),
+        )  # fmt: skip
+
+    def detach(self, *links: Detachable) -> None:
+        """Destroy these links, in order. Destroying a tracepoint's perf link waits for RCU
+        grace periods (~85 ms measured here), so libbpf links (independent of each other)
+        are destroyed from threads at once, where part of those waits overlaps."""
+        bpf_links = [x for x in links if isinstance(x, Link)]
+        if len(bpf_links) > 2:
+            with ThreadPoolExecutor(min(64, len(bpf_links))) as pool:
+                list(pool.map(Link.destroy, bpf_links))  # ctypes drops the GIL in the call
+        for link in links:
+            link.destroy()
+        gone = {id(x) for x in links}
+        self._links = [x for x in self._links if id(x) not in gone]
 
     def program_fd(self, name: str) -> int:
         for n, prog in self._programs():
@@ -336,9 +382,7 @@ class BPFObject:
         self._links.append(link)
 
     def close(self) -> None:
-        for link in reversed(self._links):
-            link.destroy()
-        self._links.clear()
+        self.detach(*reversed(self._links))
         if self._ptr:
             _lib.bpf_object__close(self._ptr)
             self._ptr = None

@@ -83,7 +83,7 @@ def _inputs_digest(name: str, header: Path) -> str:
     h = hashlib.sha256()
     for p in (
         BPF_SRC_DIR / f"{name}.bpf.c",
-        BPF_SRC_DIR / "common.h",
+        *sorted(BPF_SRC_DIR.glob("*.h")),  # the shared headers (common.h, path.h)
         header.with_suffix(".h.btf"),
     ):
         h.update(p.read_bytes())

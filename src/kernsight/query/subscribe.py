@@ -251,8 +251,7 @@ class Subscriptions:
         memory_limit: str = "512MB",
     ) -> None:
         for name in tables:
-            if not name.isidentifier():  # it is registered as a DuckDB view of that name
-                raise ValueError(f"table name {name!r} must be a plain identifier")
+            _check_table_name(name)
         if buffer_rows < 1 or max_subscriptions < 1:
             raise ValueError("buffer_rows and max_subscriptions must be positive")
         self.tables = dict(tables)
@@ -285,6 +284,12 @@ class Subscriptions:
         from ..sources import SOURCES
 
         return cls({name: src.schema() for name, src in SOURCES.items()}, **kw)
+
+    def add_table(self, name: str, schema: pa.Schema) -> None:
+        """Declare a table created at run time (a tracepoint table); idempotent."""
+        _check_table_name(name)
+        with self._lock:
+            self.tables.setdefault(name, schema)
 
     # -- managing subscriptions ----------------------------------------------------------------
     def create(self, sql: str, window_seconds: float | None = None) -> str:
@@ -633,6 +638,13 @@ class Subscriptions:
 
 
 # -- shape checks ----------------------------------------------------------------------------
+
+
+def _check_table_name(name: str) -> None:
+    # It is registered as a DuckDB view of that name: a plain identifier, or a dotted name of
+    # plain identifiers (tp.sched.sched_switch, which the validator renders as one quoted name).
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise ValueError(f"table name {name!r} must be a plain or dotted identifier")
 
 
 def check_standing(tree: exp.Expression, tables: frozenset[str], windowed: bool) -> str:

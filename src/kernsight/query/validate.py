@@ -270,8 +270,15 @@ class _Known:
 
     def listing(self, limit: int = 25) -> str:
         names = sorted(self.exact)
+        dotted = 0
+        if len(names) > limit:  # the tracepoint tables are too many to list here
+            names = [n for n in names if "." not in n]
+            dotted = len(self.exact) - len(names)
         more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-        return (", ".join(names[:limit]) + more) if names else "(none)"
+        text = (", ".join(names[:limit]) + more) if names else "(none)"
+        if dotted:
+            text += f"; and {dotted} dotted tables such as tp.<category>.<name>"
+        return text
 
 
 def _check_text(sql: str, known: _Known) -> tuple[str, set[str]]:
@@ -307,7 +314,7 @@ def _check_text(sql: str, known: _Known) -> tuple[str, set[str]]:
 
     tables: set[str] = set()
     try:
-        for node in root.walk():
+        for node in list(root.walk()):
             _check_node(node, known, tables)
         normalized = root.sql(dialect=DIALECT, comments=False,
                               unsupported_level=ErrorLevel.RAISE)
@@ -411,8 +418,20 @@ def _check_table(node: exp.Table, known: _Known, tables: set[str]) -> None:
                 f"table '{ident}' is not allowed: it looks like a file path, and only "
                 "store tables can be read"
             )
+        if _fold(parts[0]) == "tp":
+            raise QueryRejected(
+                f"unknown table '{ident}': tracepoint tables are named "
+                "tp.<category>.<name> (e.g. tp.sched.sched_switch); find them with the "
+                "list_tracepoints tool or `kernsight tracepoints FILTER`"
+            )
         raise QueryRejected(f"unknown table '{ident}'; known tables: {known.listing()}")
     tables.add(canonical)
+    if len(parts) > 1:
+        # The query runs against a view named by the whole dotted name, so a multi-part
+        # reference becomes that one quoted identifier, aliased by its last part so that
+        # `sched_switch.col` still binds as DuckDB would bind it.
+        alias = node.args.get("alias") or exp.TableAlias(this=exp.to_identifier(parts[-1]))
+        node.replace(exp.Table(this=exp.to_identifier(canonical, quoted=True), alias=alias))
 
 
 def _cte_visible(node: exp.Table, name: str) -> bool:

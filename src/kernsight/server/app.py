@@ -48,6 +48,7 @@ from ..runtime import Runtime
 from ..store import catalog
 from ..untrusted import safe
 from .audit import AuditExtension
+from .tracepoints import tracepoint_tools
 
 SCOPES = ("telemetry:read", "alerts:read", "audit:read")
 TELEMETRY = "telemetry:read"
@@ -359,7 +360,7 @@ class KernsightMCP:
             self.admit(ctx)
             out = [TableSummary(name=t.name, description=t.description, heavy=t.heavy,
                                 columns=[c[0] for c in t.columns], example=t.example)
-                   for t in catalog.tables().values()]  # fmt: skip
+                   for t in self.runtime.tables().values()]  # fmt: skip
             text = "\n".join(
                 f"{t.name}{' (heavy)' if t.heavy else ''}: {t.description}\n"
                 f"  columns: {', '.join(t.columns)}\n  example: {t.example}"
@@ -372,9 +373,11 @@ class KernsightMCP:
             name: Annotated[str, Field(max_length=64, description=f"one of: {names}")],
         ) -> Annotated[CallToolResult, TableOut]:
             self.admit(ctx)
-            info = catalog.tables().get(name)
+            info = self.runtime.tables().get(name)
             if info is None:
-                raise ToolError(f"unknown table {clean(name, 64)!r}; tables: {names}")
+                raise ToolError(f"unknown table {clean(name, 64)!r}; tables: {names}, and "
+                                "tracepoint tables (tp.<category>.<name>) once used; see "
+                                "list_tracepoints")  # fmt: skip
             d = info.as_dict()
             lines = [f"{d['name']}: {d['description']}", "column,type,description"]
             lines += [f"{c['name']},{c['type']},{c['description']}" for c in d["columns"]]
@@ -458,6 +461,7 @@ class KernsightMCP:
             subs = self.runtime.subscriptions
 
             def create() -> tuple[str, str]:
+                self.runtime.prepare(sql)  # declares the tracepoint tables it names
                 sid = subs.create(sql, window_seconds=window_seconds)
                 table = next(i.table for i in subs.list() if i.sub_id == sid)
                 self.runtime.use({table})  # start capturing what it reads
@@ -606,6 +610,8 @@ class KernsightMCP:
             lines += [f"error: {e}" for e in st["errors"]]
             return result("\n".join(lines), st)
 
+        list_tracepoints, describe_tracepoint = tracepoint_tools(self)
+
         limits_note = (
             f"Limits: {L.max_rows} rows per answer (default {L.default_rows}), "
             f"{self.runtime.engine.max_result_bytes >> 20} MiB per answer, "
@@ -647,6 +653,15 @@ class KernsightMCP:
             f"{DATA_NOTE}"))  # fmt: skip
         add(unsubscribe, annotations=READ_ONLY_STATEFUL,
             description="Stop a subscription and free its buffer.")  # fmt: skip
+        add(list_tracepoints, annotations=READ_ONLY, description=(
+            "List the kernel's tracepoints (every one can be queried as table "
+            "tp.<category>.<name>, e.g. tp.sched.sched_switch; naming it in a query starts its "
+            "capture). filter: substring of category:name, or a glob with * and ?. Paginated: "
+            "pass next_cursor back."))  # fmt: skip
+        add(describe_tracepoint, annotations=READ_ONLY, description=(
+            "One tracepoint's fields (C type, offset, size, signedness, how it is decoded), "
+            "its table's columns, and what the kernel prints for it. name: category:name or "
+            "tp.<category>.<name>."))  # fmt: skip
         add(alerts, annotations=READ_ONLY_STATEFUL, description=(
             "Alerts raised by the detection rules (ATT&CK-tagged; `kernsight rules list`), "
             "oldest first from cursor. Pass next_cursor back each time; wait_ms (up to "

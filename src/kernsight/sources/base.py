@@ -122,6 +122,9 @@ class Source:
         """Records from the ring (a structured array of `record`) -> one record batch."""
         raise NotImplementedError
 
+    def configure(self, obj: BPFObject) -> None:
+        """Fill the object's maps once it is loaded, before its programs attach."""
+
     def poll(self, running: RunningSource) -> pa.RecordBatch | None:
         """For polled sources: read the kernel's aggregate and return what is new."""
         raise NotImplementedError
@@ -174,6 +177,7 @@ class RunningSource:
                 mmap_pages(self.ring_bytes or self.source.ring_bytes)
             )
             self.obj.load()
+            self.source.configure(self.obj)
             self.set_filters(self.filters)
             self.source.attach(self)
             if not self.source.polled:

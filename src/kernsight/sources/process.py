@@ -26,7 +26,9 @@ RECORD = np.dtype(
         ("filename", "u1", 256),
         ("argv", "u1", ARGV_MAX),
         ("exe_seals", "<u4"),
-        ("_pad", "<u4"),
+        ("ld_preload", "u1"),
+        ("_pad", "u1", 3),
+        ("exe_path", "u1", 256),
     ]
 )
 
@@ -69,6 +71,18 @@ class Process(Source):
             pa.uint32(),
             "exec: F_SEAL_* bits of the executed memfd (8 = F_SEAL_WRITE: contents immutable)",
         ),
+        Column(
+            "exe_path",
+            pa.string(),
+            "exec: the executed file (for a script: its interpreter), absolute path resolved "
+            "in the kernel",
+        ),
+        Column(
+            "ld_preload",
+            pa.bool_(),
+            "exec: the new environment sets LD_PRELOAD to a non-empty value (first 256 env "
+            "strings scanned)",
+        ),
     ]
 
     def decode(self, rec: np.ndarray, boot_offset_ns: int) -> pa.RecordBatch:
@@ -94,5 +108,7 @@ class Process(Source):
             "exe_memfd": pa.array(rec["exe_memfd"] != 0),
             "exe_fstype": cstrings(rec["exe_fstype"]),
             "exe_memfd_seals": pa.array(rec["exe_seals"]),
+            "exe_path": cstrings(rec["exe_path"]),
+            "ld_preload": pa.array(rec["ld_preload"] != 0),
         }
         return pa.RecordBatch.from_pydict(cols, schema=self.schema())

@@ -14,6 +14,15 @@ _HEADERS = {
     "x86_64": ["/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/asm/unistd_64.h"],
     "aarch64": ["/usr/include/asm-generic/unistd.h"],
 }
+# Syscalls newer than the distribution's UAPI header may be (numbers are ABI: fixed forever).
+_NEWER = {
+    "x86_64": {"cachestat": 451, "fchmodat2": 452, "map_shadow_stack": 453, "futex_wake": 454,
+               "futex_wait": 455, "futex_requeue": 456, "statmount": 457, "listmount": 458,
+               "lsm_get_self_attr": 459, "lsm_set_self_attr": 460, "lsm_list_modules": 461,
+               "mseal": 462, "setxattrat": 463, "getxattrat": 464, "listxattrat": 465,
+               "removexattrat": 466, "open_tree_attr": 467, "file_getattr": 468,
+               "file_setattr": 469},
+}  # fmt: skip
 _DEFINE = re.compile(r"^#define\s+__NR_(\w+)\s+(\d+)\s*$", re.M)
 TABLE_SIZE = 1024
 
@@ -29,6 +38,9 @@ def names() -> pa.Array:
                 if int(nr) < TABLE_SIZE:
                     table[int(nr)] = name
             break
+    for name, nr in _NEWER.get(platform.machine(), {}).items():
+        if table[nr] == f"syscall_{nr}":
+            table[nr] = name
     return pa.array(table, pa.string())
 
 

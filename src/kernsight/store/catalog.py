@@ -8,13 +8,14 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from ..sources import SOURCES
+from ..sources import tracepoint as tp
 
 BATCH_COLUMN = ("batch", "UBIGINT", "sequence number of the capture batch this row came in")
 
 _DUCKDB_TYPES = {
     pa.uint8(): "UTINYINT", pa.uint16(): "USMALLINT", pa.uint32(): "UINTEGER",
-    pa.uint64(): "UBIGINT",
-    pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN",
+    pa.uint64(): "UBIGINT", pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN", pa.binary(): "BLOB",
 }  # fmt: skip
 
 
@@ -23,8 +24,8 @@ def duckdb_type(t: pa.DataType) -> str:
         return duckdb_type(t.value_type) + "[]"
     if pa.types.is_timestamp(t):
         return "TIMESTAMPTZ_NS" if t.tz else "TIMESTAMP_NS"
-    if pa.types.is_list(t):
-        return duckdb_type(t.value_type) + "[]"
+    if pa.types.is_fixed_size_list(t):
+        return f"{duckdb_type(t.value_type)}[{t.list_size}]"
     return _DUCKDB_TYPES.get(t, str(t).upper())
 
 
@@ -61,6 +62,17 @@ def tables() -> dict[str, TableInfo]:
     out[alerts.NAME] = TableInfo(alerts.NAME, alerts.DESCRIPTION, [*cols, batch], (),
                                  alerts.EXAMPLE, False)  # fmt: skip
     return out
+
+
+def tracepoint_table(name: str) -> TableInfo:
+    """A tracepoint table (tp.<category>.<name>), described from its tracefs format."""
+    p = tp.plan(name)
+    cols = [(c.name, duckdb_type(c.type), c.description) for c in p.columns]
+    desc = f"Kernel tracepoint {p.fmt.category}:{p.fmt.name}, one row per event"
+    if text := p.fmt.description():
+        desc += f"; the kernel prints it as: {text}"
+    example = f"SELECT * FROM {p.table} ORDER BY ts DESC LIMIT 20"
+    return TableInfo(p.table, desc, [*cols, BATCH_COLUMN], (), example, False)
 
 
 def _cell(text: str) -> str:
