@@ -141,10 +141,10 @@ class Runtime:
     def _on_batch(self, batch: Batch) -> None:
         self.detector.on_batch(batch)  # first: enqueuing is cheap, the store write is not
         self.store.append(batch.source, batch.data, batch.seq, batch.lost_total)
-        self._audit_batch(batch)
         self.subscriptions.on_batch(batch)
         for fn in list(self._listeners):
             fn(batch)
+        self._audit_batch(batch)  # last: its digest must not delay live delivery
 
     def _on_alerts(self, data: pa.RecordBatch, seq: int) -> None:
         """New alerts (detector thread): stored with the triggering batch's sequence, and
