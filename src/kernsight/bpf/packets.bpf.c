@@ -96,7 +96,10 @@ struct packet_event {
 	__u8 head[HEAD_BYTES];
 };
 
-/* Per (netns, interface, direction): every packet and byte, and the anomalous ones. */
+/* Per (netns, interface, direction): every packet and byte, and the anomalous ones. User space
+ * creates the entries of the watched interfaces, with their flags, before attaching: one
+ * lookup per packet gives both. */
+enum { IF_NO_L2 = 1 << 0, IF_LOOPBACK = 1 << 1 };
 struct if_key {
 	__u64 netns_cookie;
 	__u32 ifindex;
@@ -107,6 +110,7 @@ struct if_counts {
 	__u64 bytes;
 	__u64 anomalous;
 	__u64 not_ip;
+	__u64 flags; /* IF_*, the same on every CPU */
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -114,20 +118,6 @@ struct {
 	__type(key, struct if_key);
 	__type(value, struct if_counts);
 } if_stats SEC(".maps");
-
-/* Per watched interface, set by user space before attaching. */
-enum { IF_NO_L2 = 1 << 0, IF_LOOPBACK = 1 << 1 };
-struct if_id {
-	__u64 netns_cookie;
-	__u32 ifindex;
-	__u32 pad;
-};
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, struct if_id);
-	__type(value, __u32);
-} if_flags SEC(".maps");
 
 /* Fragment state, per datagram seen on one interface and direction: the byte ranges seen,
  * coalesced (in-order fragments keep one range). Bounded and LRU: an attacker can evict
@@ -585,7 +575,11 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 static __always_inline __u64 dev_netns_cookie(struct __sk_buff *skb)
 {
 	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
-	return BPF_CORE_READ(k, dev, nd_net.net, net_cookie);
+	struct net_device *dev = k->dev; /* trusted pointers: plain loads, no helper calls */
+	if (!dev)
+		return 0;
+	struct net *net = dev->nd_net.net;
+	return net ? net->net_cookie : 0;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
@@ -602,10 +596,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	cnt->packets++;
 	cnt->bytes += skb->len;
-
-	struct if_id id = {.netns_cookie = cookie, .ifindex = skb->ifindex};
-	__u32 *fl = bpf_map_lookup_elem(&if_flags, &id);
-	__u32 iflags = fl ? *fl : 0;
+	__u32 iflags = cnt->flags;
 
 	__u32 zero = 0;
 	struct packet_event *r = bpf_map_lookup_elem(&scratch, &zero);

@@ -51,6 +51,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..kernel import tc
+from ..kernel.bpf import possible_cpus
+from ..kernel.errors import AttachError
 from .base import COMMON_COLUMNS, HEADER_DTYPE, Column, Source, cstrings, header_columns
 from .netfmt import PROTO_NAMES, format_addresses
 
@@ -100,6 +102,7 @@ RECORD = np.dtype(
 )
 IF_KEY = np.dtype([("netns_cookie", "<u8"), ("ifindex", "<u4"), ("direction", "<u4")])
 IF_COUNTS = ("packets", "bytes", "anomalous", "not_ip")
+IF_VALUE = np.dtype([(f, "<u8") for f in (*IF_COUNTS, "flags")])  # struct if_counts
 IF_NO_L2, IF_LOOPBACK = 1, 2
 
 _HEXCHARS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -179,19 +182,29 @@ class Packets(Source):
         self.specs = interfaces if interfaces is not None else configured_interfaces()
         self.loopback = loopback
         self.watched: list[tc.Interface] = []
+        self.not_watched: dict[str, str] = {}  # default interfaces that refused the program
 
     # -- kernel side -----------------------------------------------------------------------
     def attach(self, rs: RunningSource) -> None:
         tc.sweep("packets", set(PROGRAMS.values()))  # what a killed run's leaked fds hold
         self.watched = tc.resolve(self.specs, self.loopback)  # none up: an idle source
-        flags = rs.obj.map("if_flags")
+        stats = rs.obj.map("if_stats")
+        ncpu = possible_cpus()
         links = []
-        for iface in self.watched:
-            f = (0 if iface.has_l2 else IF_NO_L2) | (IF_LOOPBACK if iface.loopback else 0)
-            flags.update(struct.pack("<QII", iface.netns_cookie, iface.ifindex, 0),
-                         struct.pack("<I", f))  # fmt: skip
+        for iface in self.watched:  # the counters' entries, holding the interface's flags
+            value = np.zeros(ncpu, IF_VALUE)
+            value["flags"] = (0 if iface.has_l2 else IF_NO_L2) | (IF_LOOPBACK * iface.loopback)
+            for d in range(len(_DIRECTIONS)):
+                key = struct.pack("<QII", iface.netns_cookie, iface.ifindex, d)
+                stats.update(key, value.tobytes())
             for direction, prog in PROGRAMS.items():
-                link = tc.attach_tcx(rs.obj.program_fd(prog), prog, iface, direction)
+                try:
+                    link = tc.attach_tcx(rs.obj.program_fd(prog), prog, iface, direction)
+                except AttachError as e:
+                    if self.specs:  # named by the user: say so and stop
+                        raise
+                    self.not_watched[f"{iface.label} {direction}"] = e.message
+                    continue
                 rs.obj.own(link)
                 links.append(link)
         rs.state["note"] = tc.record_links("packets", links)
@@ -205,17 +218,18 @@ class Packets(Source):
         """Packets, bytes and anomalous packets per interface and direction, from the
         kernel's per-CPU counters."""
         stats = rs.obj.map("if_stats")
-        ncpu_vals = np.dtype([(f, "<u8") for f in IF_COUNTS])
         out: dict[str, dict] = {}
         for iface in self.watched:
             per: dict[str, dict] = {}
             for d, direction in enumerate(_DIRECTIONS):
                 raw = stats.lookup(struct.pack("<QII", iface.netns_cookie, iface.ifindex, d))
-                v = np.frombuffer(raw, ncpu_vals) if raw else np.zeros(1, ncpu_vals)
+                v = np.frombuffer(raw, IF_VALUE) if raw else np.zeros(1, IF_VALUE)
                 per[direction] = {f: int(v[f].sum()) for f in IF_COUNTS}
             out[iface.label] = per
         ps = rs.obj.map("parser_stats").percpu_sum_u64(struct.pack("<I", 0))
-        return {"interfaces": out, "fragment_ranges_full": ps}
+        return {"interfaces": out, "fragment_ranges_full": ps} | (
+            {"not_watched": dict(self.not_watched)} if self.not_watched else {}
+        )
 
     # -- decoding --------------------------------------------------------------------------
     def _interface_names(self, cookie: np.ndarray, ifindex: np.ndarray) -> pa.Array:
