@@ -140,11 +140,11 @@ class Runtime:
     # -- data path ---------------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
         self.store.append(batch.source, batch.data, batch.seq, batch.lost_total)
-        self._audit_batch(batch)
         self.subscriptions.on_batch(batch)
         self.detector.on_batch(batch)
         for fn in list(self._listeners):
             fn(batch)
+        self._audit_batch(batch)  # last: its digest must not delay live delivery
 
     def _on_alerts(self, data: pa.RecordBatch, seq: int) -> None:
         """New alerts (detector thread): stored with the triggering batch's sequence, and
