@@ -241,6 +241,18 @@ def test_mount_tmpfs_in_a_private_mount_namespace(sec, tmp_path) -> None:
     assert rows(col, pid, "unshare")[0]["flags"] == CLONE_NEWNS
 
 
+def test_setns_names_the_namespace_kind(sec) -> None:
+    cap, col = sec
+    pid = run(
+        """
+        fd = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+        assert libc.setns(fd, 0) == 0                 # nstype 0: any kind
+        """
+    )
+    ns = rows(col, pid, "setns")
+    assert ns[0]["name"] == "mnt" and ns[0]["flags"] == 0 and ns[0]["ret"] == 0
+
+
 def test_dup2_of_a_socket_onto_stdout_is_marked(sec) -> None:
     cap, col = sec
     pid = run(
@@ -264,6 +276,7 @@ def test_packet_and_raw_sockets_only(sec) -> None:
         socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)).close()
         socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
         socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()   # not recorded
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()  # nor netlink's raw
         """
     )
     pk = rows(col, pid, "socket", family=socket.AF_PACKET)
@@ -271,6 +284,9 @@ def test_packet_and_raw_sockets_only(sec) -> None:
     assert pk[0]["ret"] >= 0
     raw = rows(col, pid, "socket", family=socket.AF_INET)
     assert len(raw) == 1 and raw[0]["sock_type"] == socket.SOCK_RAW  # the TCP one was left out
+    assert (
+        col.rows("security", lambda r: r["pid"] == pid and r["family"] == socket.AF_NETLINK) == []
+    )
 
 
 def test_signals_to_kernsight_are_marked_and_self_signals_left_out(sec, victim) -> None:

@@ -14,7 +14,7 @@
 /* What to decode for one syscall number; mirrored by sources/security.py (WATCH_DTYPE). */
 enum {
 	K_GENERIC = 1, K_PTRACE, K_PROCESS_VM, K_KILL, K_TKILL, K_TGKILL, K_PIDFD_SIGNAL,
-	K_SOCKET, K_CLONE, K_CLONE3, K_DUP, K_BPF,
+	K_SOCKET, K_CLONE, K_CLONE3, K_DUP, K_BPF, K_SETNS,
 };
 enum { W_RAW_PATH = 1, W_RAW_PATH2 = 2, W_EXE_CHECK = 4 };
 struct watch {
@@ -75,6 +75,7 @@ struct security_event {
 	char path2[PATH_BYTES];
 };
 
+#define AF_NETLINK 16
 #define AF_PACKET 17
 #define SOCK_RAW 3
 #define SOCK_PACKET 10
@@ -192,8 +193,10 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 		}
 		break;
 	case K_SOCKET: {
+		/* Packet sockets, and raw ones except netlink's (every `ip` and systemd uses those). */
 		__u32 type = p.args[1] & 0xf;
-		if (p.args[0] != AF_PACKET && type != SOCK_RAW && type != SOCK_PACKET)
+		if (p.args[0] != AF_PACKET &&
+		    (p.args[0] == AF_NETLINK || (type != SOCK_RAW && type != SOCK_PACKET)))
 			return 0;
 		break;
 	}
@@ -336,6 +339,17 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 		e->sock_type = p->args[1] & 0xf;
 		e->protocol = p->args[2];
 		break;
+	case K_SETNS: {
+		/* The kind of namespace behind the fd ("mnt", "user", "net"...): nstype may be 0. */
+		struct file *f = ks_fd_file(cur, p->args[0]);
+		char fs[5] = {};
+		bpf_probe_read_kernel_str(fs, sizeof(fs), BPF_CORE_READ(f, f_inode, i_sb, s_type, name));
+		if (fs[0] == 'n' && fs[1] == 's' && fs[2] == 'f' && fs[3] == 's') {
+			struct ns_common *ns = BPF_CORE_READ(f, f_inode, i_private);
+			bpf_probe_read_kernel_str(e->name, sizeof(e->name), BPF_CORE_READ(ns, ops, name));
+		}
+		break;
+	}
 	case K_BPF:
 		e->request = p->args[0]; /* the bpf command */
 		if (p->args[0] == BPF_PROG_LOAD &&

@@ -72,7 +72,13 @@ def _node(e: exp.Expression, cols: dict[str, str]) -> _Fn:
             raise _Unsupported(e.sql())
         return lambda b: b.column(name)
     if t in (exp.Literal, exp.Boolean, exp.Null, exp.Neg):
-        value = pa.scalar(_literal(e))
+        v = _literal(e)
+        try:
+            value = pa.scalar(v)
+        except OverflowError:  # 2^63 and above: only an unsigned column can hold it
+            if not isinstance(v, int) or not 0 <= v < 2**64:
+                raise _Unsupported(str(v)) from None
+            value = pa.scalar(v, pa.uint64())
         return lambda b: value
     if t in (exp.And, exp.Or):
         return _connective(t is exp.And, _node(e.this, cols), _node(e.expression, cols))
@@ -83,7 +89,7 @@ def _node(e: exp.Expression, cols: dict[str, str]) -> _Fn:
         if t in table:
             f2 = table[t]
             a, z = _node(e.this, cols), _node(e.expression, cols)
-            return lambda b: f2(a(b), z(b))
+            return lambda b: f2(*_unsigned_literal(a(b), z(b)))
     if t is exp.Between:
         x, lo, hi = _node(e.this, cols), _node(e.args["low"], cols), _node(e.args["high"], cols)
         return lambda b: pc.and_kleene(pc.greater_equal(x(b), lo(b)), pc.less_equal(x(b), hi(b)))
@@ -121,6 +127,21 @@ def _node(e: exp.Expression, cols: dict[str, str]) -> _Fn:
         parts = [_node(p, cols) for p in [e.this, *e.expressions]]
         return lambda b: pc.coalesce(*(p(b) for p in parts))
     raise _Unsupported(t.__name__)
+
+
+def _unsigned_literal(x: Any, y: Any) -> tuple[Any, Any]:
+    """A non-negative integer literal next to an unsigned column becomes uint64: Arrow would
+    otherwise cast the column to int64 and fail on values of 2^63 and above (raw syscall
+    arguments, -1 as an unsigned register)."""
+
+    def fix(lit: Any, col: Any) -> Any:
+        if (isinstance(lit, pa.Scalar) and not isinstance(col, pa.Scalar)
+                and pa.types.is_unsigned_integer(col.type) and pa.types.is_signed_integer(lit.type)
+                and lit.is_valid and lit.as_py() >= 0):  # fmt: skip
+            return lit.cast(pa.uint64())
+        return lit
+
+    return fix(x, y), fix(y, x)
 
 
 def _connective(is_and: bool, a: _Fn, z: _Fn) -> _Fn:

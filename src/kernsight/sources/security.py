@@ -48,7 +48,7 @@ RECORD = np.dtype(
 
 # enum in security.bpf.c: what the kernel decodes beyond the generic argument roles.
 (K_GENERIC, K_PTRACE, K_PROCESS_VM, K_KILL, K_TKILL, K_TGKILL, K_PIDFD_SIGNAL, K_SOCKET,
- K_CLONE, K_CLONE3, K_DUP, K_BPF) = range(1, 13)  # fmt: skip
+ K_CLONE, K_CLONE3, K_DUP, K_BPF, K_SETNS) = range(1, 14)  # fmt: skip
 W_RAW_PATH, W_RAW_PATH2, W_EXE_CHECK = 1, 2, 4
 WATCH_FORMAT = "<Bbbbbbbbbb2x"  # struct watch
 
@@ -105,7 +105,7 @@ WATCHED: dict[str, Watch] = {
     "delete_module": Watch(name=0, flags=1),
     "bpf": Watch(K_BPF),
     "unshare": Watch(flags=0),
-    "setns": Watch(fd=0, flags=1),
+    "setns": Watch(K_SETNS, fd=0, flags=1),
     "clone": Watch(K_CLONE),
     "clone3": Watch(K_CLONE3),
     "mount": Watch(path=1, path2=0, name=2, flags=3, opts=W_RAW_PATH2),
@@ -186,7 +186,8 @@ class Security(Source):
             "name",
             pa.string(),
             "xattr name, memfd name, module name (delete_module), "
-            "fstype (mount, fsopen), bpf program name (PROG_LOAD)",
+            "fstype (mount, fsopen), bpf program name (PROG_LOAD), setns: the namespace kind "
+            "(mnt, user, net...)",
         ),
         Column(
             "flags",
