@@ -121,8 +121,14 @@ def capture(
     pid: list[int] = typer.Option([], "--pid", help="only these pids (filtered in the kernel)"),
     comm: list[str] = typer.Option([], "--comm", help="only these command names (in the kernel)"),
     max_rows_per_s: int = typer.Option(40, help="terminal view: rows shown per second at most"),
-) -> None:
+    interfaces: str = typer.Option(
+        None, "--interfaces", envvar="KERNSIGHT_INTERFACES",
+        help="packets: interfaces to watch, comma-separated (NAME or NETNS/NAME)",
+    ),
+) -> None:  # fmt: skip
     """Show kernel events live, then a summary of delivered and lost counts."""
+    if interfaces:  # read by the packets source when it starts
+        os.environ["KERNSIGHT_INTERFACES"] = interfaces
     from .capture import Capture
     from .sources import SOURCES
 

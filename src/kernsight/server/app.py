@@ -236,7 +236,8 @@ DATA_NOTE = (
 INSTRUCTIONS = f"""kernsight: the running Linux kernel as live SQL tables (read-only).
 Tables: process (exec/fork/exit with argv), files (open/openat), syscall_stats (syscall counts per
 pid, about once a second), syscalls (every syscall; heavy, started only when queried), packets
-(anomalous packets on the watched interfaces), drops (packets the kernel dropped, with reasons).
+(anomalous packets on the watched interfaces), drops (packets the kernel dropped, with reasons),
+and any kernel tracepoint as tp.<category>.<name> (list_tracepoints / describe_tracepoint).
 Detection rules raise alerts as events arrive: read them with alerts (long-poll with wait_ms,
 pass next_cursor back). Start with status, then list_tables / describe_table, then narrow
 queries with a time window (since='5m'). For a live question use query(...,
