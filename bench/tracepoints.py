@@ -87,11 +87,13 @@ def bench_decode(seconds: float) -> dict:
                 out["mixed_tables"] = sorted(rows)
                 fn = lambda mixed=mixed: runner.decode(mixed)  # noqa: E731
             fn()  # warm the views
-            done, t0 = 0, time.perf_counter()
+            done, t0, c0 = 0, time.perf_counter(), time.thread_time()
             while time.perf_counter() - t0 < seconds:
                 fn()
                 done += n
             out[f"{name}_records_per_s"] = done / (time.perf_counter() - t0)
+            # per second of this thread's CPU: what a loaded machine leaves out of the wall rate
+            out[f"{name}_records_per_cpu_s"] = done / (time.thread_time() - c0)
         return out
     finally:
         runner.close()
@@ -128,6 +130,28 @@ class _Consumer:
         self._ep.close()
 
 
+def enable_bpf_stats() -> int:
+    """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): the kernel times every program run while the
+    returned fd is open (nothing global is left behind if the bench dies)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(16)  # bpf_attr.enable_stats.type = 0 (RUN_TIME)
+    fd = libc.syscall(321, 32, attr, 16)  # __NR_bpf (x86-64), BPF_ENABLE_STATS
+    if fd < 0:
+        sys.exit(f"bench: BPF_ENABLE_STATS failed: {os.strerror(ctypes.get_errno())}")
+    return fd
+
+
+def prog_runtime(obj: BPFObject, name: str) -> tuple[int, int]:
+    """(run_cnt, run_time_ns) of a loaded program, from its fd's fdinfo."""
+    info = dict(
+        line.split(":", 1) for line in
+        Path(f"/proc/self/fdinfo/{obj.program_fd(name)}").read_text().splitlines()
+    )  # fmt: skip
+    return int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0))
+
+
 def _dedicated_object() -> Path:
     out = build_dir()
     vmlinux_header(out)
@@ -144,7 +168,7 @@ def _dedicated_object() -> Path:
 def run_mode(mode: str, args: argparse.Namespace) -> dict:
     if mode == "none":
         g = run_generators(args.procs, args.seconds)
-        return {"mode": mode, "rate": g.rate}
+        return {"mode": mode, "rate": g.rate, "others_cpu_pct": 100 * g.others_cpu() / g.seconds}
     boff = boot_offset_ns()
     if mode == "dedicated":
         obj = BPFObject(_dedicated_object())
@@ -169,6 +193,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
             g = run_generators(args.procs, args.seconds)
         finally:
             cons.stop()
+            runs, ns = prog_runtime(obj, "ded_getppid")
             m = obj.map("counters")
             produced = m.percpu_sum_u64((0).to_bytes(4, "little"))
             lost = m.percpu_sum_u64((1).to_bytes(4, "little"))
@@ -186,12 +211,14 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
             g = run_generators(args.procs, args.seconds)
         finally:
             cons.stop()
+            runs, ns = prog_runtime(r.obj, r.PROGRAM)
             c = r.counters(GETPPID)
             produced, lost = c.produced, c.lost
             r.close()
     return {"mode": mode, "rate": g.rate, "produced": produced, "delivered": cons.rows,
             "lost": lost, "consumer_cpu_pct": 100 * cons.cpu / g.seconds,
-            "batches": cons.batches}  # fmt: skip
+            "batches": cons.batches, "prog_ns_per_event": ns / max(runs, 1),
+            "others_cpu_pct": 100 * g.others_cpu() / g.seconds}  # fmt: skip
 
 
 def main() -> int:
@@ -205,8 +232,10 @@ def main() -> int:
     if os.geteuid() != 0:
         sys.exit("bench: run as root")
     build_generator()
+    stats_fd = enable_bpf_stats()
     dec = bench_decode(args.decode_seconds)
     runs = [run_mode(m, args) for _ in range(args.rounds) for m in ("none", "dedicated", "generic")]
+    os.close(stats_fd)
     modes = {}
     for m in ("none", "dedicated", "generic"):
         rs = [r for r in runs if r["mode"] == m]
@@ -219,6 +248,8 @@ def main() -> int:
         "decode": dec,
         "overhead": modes,
         "generic_vs_dedicated_rate": modes["generic"]["rate"] / modes["dedicated"]["rate"],
+        "generic_vs_dedicated_prog_ns": modes["generic"]["prog_ns_per_event"]
+        / modes["dedicated"]["prog_ns_per_event"],
         "targets": {"decode >= 1M records/s": dec["sched_switch_records_per_s"] >= 1e6},
         "runs": runs,
     }
@@ -228,15 +259,20 @@ def main() -> int:
     print(summary["machine"])
     print(f"decode, sched_switch ({dec['record_bytes']}-byte records, stride "
           f"{dec['ring_stride']}, batches of {dec['batch_rows']}): "
-          f"{dec['sched_switch_records_per_s'] / 1e6:.2f}M records/s; four tracepoints mixed "
-          f"in one batch: {dec['mixed_4_records_per_s'] / 1e6:.2f}M records/s")  # fmt: skip
-    print("mode       gen calls/s  slowdown  produced   delivered  lost  consumer CPU")
+          f"{dec['sched_switch_records_per_s'] / 1e6:.2f}M records/s "
+          f"({dec['sched_switch_records_per_cpu_s'] / 1e6:.2f}M per CPU-second); four "
+          f"tracepoints mixed in one batch: {dec['mixed_4_records_per_s'] / 1e6:.2f}M "
+          f"records/s ({dec['mixed_4_records_per_cpu_s'] / 1e6:.2f}M per CPU-second)")  # fmt: skip
+    print("mode       gen calls/s  slowdown  others CPU  produced   delivered  lost  consumer CPU"
+          "  program ns/event")  # fmt: skip
     for m, s in modes.items():
         extra = "" if m == "none" else (
             f"{s['produced']:>10,.0f} {s['delivered']:>10,.0f} {s['lost']:>5,.0f}  "
-            f"{s['consumer_cpu_pct']:.0f}%")  # fmt: skip
-        print(f"{m:<10} {s['rate'] / 1e6:>10.2f}M {s['slowdown']:>8.2f}x  {extra}")
-    print(f"generic / dedicated rate: {summary['generic_vs_dedicated_rate']:.3f}")
+            f"{s['consumer_cpu_pct']:>10.0f}%  {s['prog_ns_per_event']:>10.0f}")  # fmt: skip
+        print(f"{m:<10} {s['rate'] / 1e6:>10.2f}M {s['slowdown']:>8.2f}x  "
+              f"{s['others_cpu_pct']:>9.0f}%  {extra}")  # fmt: skip
+    print(f"generic / dedicated: generator rate {summary['generic_vs_dedicated_rate']:.3f}, "
+          f"program time per event {summary['generic_vs_dedicated_prog_ns']:.2f}")
     for r in runs:
         print("  round:", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()})
     return 0

@@ -11,9 +11,9 @@ fi
 
 # clang/bpftool/libbpf-dev build the BPF programs; linux-libc-dev names syscalls;
 # bpftrace is the peer the benchmarks compare against; iproute2/tcpdump/iperf3/ping for network
-# tests.
+# tests; git for the benign-workload test.
 packages=(clang llvm libbpf-dev bpftool linux-libc-dev bpftrace iproute2 tcpdump iperf3 util-linux
-          iputils-ping)
+          iputils-ping git)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

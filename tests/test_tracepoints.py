@@ -294,6 +294,36 @@ def test_mcp_subscription_over_a_tracepoint_table(tmp_path: Path) -> None:
         anyio.run(main)
 
 
+def test_cli_lists_describes_and_queries_tracepoints() -> None:
+    import json
+    import sys
+
+    ks = str(Path(sys.executable).parent / "kernsight")
+    r = subprocess.run([ks, "tracepoints", "sched:sched_swi*"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split() == ["sched:sched_switch", "tp.sched.sched_switch"]
+    r = subprocess.run([ks, "tracepoints", "-d", "sock:inet_sock_set_state", "--json"],
+                       capture_output=True, text=True)  # fmt: skip
+    f = {x["name"]: x for x in json.loads(r.stdout)["fields"]}
+    assert f["saddr"]["kind"] == "array" and f["saddr"]["count"] == 4
+    r = subprocess.run([ks, "tracepoints", "-d", "nope:nope"], capture_output=True, text=True)
+    assert r.returncode == 2 and "list_tracepoints" in r.stderr
+    # a live query: the pid filter of its WHERE runs in the kernel (the meta says so)
+    p = subprocess.Popen(
+        [ks, "query", f"SELECT count(*) AS n FROM tp.syscalls.sys_enter_getppid WHERE pid = "
+         f"{os.getpid()}", "--for", "1", "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "KERNSIGHT_STATE_DIR": "/nonexistent"},
+    )  # fmt: skip
+    assert "capturing tp.syscalls.sys_enter_getppid" in p.stderr.readline()
+    for _ in range(50):
+        os.getppid()
+    out, _ = p.communicate(timeout=60)
+    doc = json.loads(out)
+    assert doc["rows"] == [[50]]
+    meta = doc["meta"]["sources"]["tp.syscalls.sys_enter_getppid"]
+    assert meta["kernel_filters"] == {"pid": [os.getpid()]} and meta["lost"] == 0
+
+
 _BULK = r"""
 import json, os, subprocess, sys, time
 from kernsight.kernel import tracefs

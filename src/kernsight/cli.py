@@ -121,8 +121,14 @@ def capture(
     pid: list[int] = typer.Option([], "--pid", help="only these pids (filtered in the kernel)"),
     comm: list[str] = typer.Option([], "--comm", help="only these command names (in the kernel)"),
     max_rows_per_s: int = typer.Option(40, help="terminal view: rows shown per second at most"),
-) -> None:
+    interfaces: str = typer.Option(
+        None, "--interfaces", envvar="KERNSIGHT_INTERFACES",
+        help="packets: interfaces to watch, comma-separated (NAME or NETNS/NAME)",
+    ),
+) -> None:  # fmt: skip
     """Show kernel events live, then a summary of delivered and lost counts."""
+    if interfaces:  # read by the packets source when it starts
+        os.environ["KERNSIGHT_INTERFACES"] = interfaces
     from .capture import Capture
     from .sources import SOURCES
 
@@ -339,6 +345,8 @@ def query(
         engine = QueryEngine(store, ensure_sources=ensure, flush=cap.flush, pushdown=pushdown,
                              known_tables=known)  # fmt: skip
     else:
+        from .detect import alerts
+
         root = state_dir() / "store"
         for d in root.glob("tp.*") if root.is_dir() else []:  # what the server captured
             if tp.TABLE_RE.match(d.name):
@@ -346,7 +354,7 @@ def query(
                     schemas[d.name] = tp.schema(d.name)
                 except KeyError:
                     pass  # a tracepoint this kernel no longer has
-        store = Store(root, schemas, readonly=True)
+        store = Store(root, schemas | {alerts.NAME: alerts.SCHEMA}, readonly=True)
         engine = QueryEngine(store)
     try:
         result = engine.query(sql, since=since, until=until, limit=limit, live_seconds=seconds)
@@ -408,15 +416,23 @@ def serve(
         help="packets: interfaces to watch, comma-separated (NAME or NETNS/NAME; default: "
         "every interface that is up, loopback excluded)",
     ),
+    rules: list[Path] = typer.Option(
+        [], "--rules", help="a directory of user rule files (*.yaml), besides STATE_DIR/rules",
+    ),
 ) -> None:  # fmt: skip
     """Serve MCP to agents: stdio by default (only MCP on stdout), or Streamable HTTP."""
     from .server import serve as srv
 
     if interfaces:  # read by the packets source when it starts
         os.environ["KERNSIGHT_INTERFACES"] = interfaces
+    if rules:  # read by the runtime when it loads the rules (detect.rules.user_dirs)
+        os.environ["KERNSIGHT_RULES"] = os.pathsep.join(str(d) for d in rules)
 
     if http is None:
-        srv.run_stdio(state_dir())
+        try:
+            srv.run_stdio(state_dir())
+        except ValueError as e:  # a rule file with a mistake: nothing started
+            _fail(e)
         return
     host, sep, port = http.rpartition(":")
     if not sep or not port.isdigit():
@@ -443,6 +459,10 @@ def token(
 
 
 app.add_typer(audit_app, name="audit")
+
+from .detect.cli import register as _register_detect  # noqa: E402  (needs the helpers above)
+
+_register_detect(app)
 
 if __name__ == "__main__":
     app()

@@ -19,7 +19,7 @@ from . import __version__
 from .capture import Batch, Capture
 from .detect import alerts
 from .detect.engine import Detector
-from .detect.rules import load_rules
+from .detect.rules import load_rules, user_dirs
 from .provenance import batch_entry, file_digests, host_facts, object_digest
 from .query.engine import QueryEngine
 from .query.subscribe import Subscriptions
@@ -49,7 +49,8 @@ class Runtime:
         source_options: dict[str, dict] | None = None,
         audit: bool = True,
     ) -> None:
-        """rules_dirs: user rule directories besides <state_dir>/rules (later ones win).
+        """rules_dirs: user rule directories besides <state_dir>/rules and KERNSIGHT_RULES
+        (later ones win; see detect.rules.user_dirs).
         source_options: per source, its constructor's options, e.g.
         {"packets": {"interfaces": ["eth0", "NETNS/veth0"]}}."""
         self.state_dir = Path(state_dir)
@@ -60,8 +61,7 @@ class Runtime:
         schemas = {n: s.schema() for n, s in SOURCES.items()}
         tables = schemas | {alerts.NAME: alerts.SCHEMA}
         # Rules load first: a bad rule file stops the start with its error, before any capture.
-        user = [self.state_dir / "rules"] if (self.state_dir / "rules").is_dir() else []
-        rules = load_rules(schemas, [*user, *map(Path, rules_dirs)]) if detect else []
+        rules = load_rules(schemas, user_dirs(self.state_dir, rules_dirs)) if detect else []
         self.store = Store(self.state_dir / "store", tables, max_age_s=max_age_s,
                            max_bytes=max_bytes)  # fmt: skip
         self.capture = Capture(source_options)
@@ -139,9 +139,9 @@ class Runtime:
 
     # -- data path ---------------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
+        self.detector.on_batch(batch)  # first: enqueuing is cheap, the store write is not
         self.store.append(batch.source, batch.data, batch.seq, batch.lost_total)
         self.subscriptions.on_batch(batch)
-        self.detector.on_batch(batch)
         for fn in list(self._listeners):
             fn(batch)
         self._audit_batch(batch)  # last: its digest must not delay live delivery

@@ -544,8 +544,9 @@ __noinline int parse_ip6(struct __sk_buff *skb, struct packet_event *r, __u32 l3
 	__u8 nh = h[6];
 	if (plen == 0 && (skb->gso_size || nh == 0)) /* BIG TCP, or a jumbogram */
 		plen = avail - 40;
-	/* Ethernet pads frames to 60 bytes: trailing bytes are suspect only beyond that. */
-	bool padded = !no_l2 && skb->len == 60;
+	/* Ethernet pads frames to 60 bytes (64 with a VLAN tag kept in the frame): trailing
+	 * bytes in such a short frame are padding, not an inconsistency. */
+	bool padded = !no_l2 && skb->len <= 64;
 	if (40 + plen > avail || (40 + plen < avail && !padded)) {
 		r->anomalies |= BIT(A_IP6_PLEN);
 		return 0;

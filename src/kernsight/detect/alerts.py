@@ -7,6 +7,7 @@ import pyarrow as pa
 from ..sources.base import TS_TYPE, Column
 
 NAME = "alerts"
+SEVERITIES = ("info", "low", "medium", "high", "critical")
 DESCRIPTION = (
     "Alerts raised by the detection rules (docs/rules.md), one row per alert, with the "
     "triggering row's process and key columns. Repeats of a rule for the same process (or, for "

@@ -41,7 +41,8 @@ from ..query.sandbox import harden
 from ..query.subscribe import EvalTimeout, Watchdog
 from ..untrusted import safe
 from . import alerts as table
-from .rules import DIALECT, SEVERITIES, Rule
+from .alerts import SEVERITIES
+from .rules import DIALECT, Rule
 from .vector import Mask, compile_predicate
 
 if TYPE_CHECKING:

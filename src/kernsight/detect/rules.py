@@ -13,6 +13,7 @@ Packs: the default ones in this package's `rules/` directory, then user files (`
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from collections.abc import Iterable, Mapping
@@ -30,12 +31,15 @@ from sqlglot.errors import SqlglotError
 from ..query.sandbox import harden
 from ..query.subscribe import check_standing
 from ..query.validate import QueryRejected, validate
+from .alerts import SEVERITIES
 
-__all__ = ["SEVERITIES", "DEFAULT_DIR", "Rule", "RuleError", "Window", "load_file", "load_rules"]
+__all__ = [
+    "SEVERITIES", "DEFAULT_DIR", "Rule", "RuleError", "Window", "load_file", "load_rules",
+    "user_dirs",
+]  # fmt: skip
 
 DIALECT = "duckdb"
 DEFAULT_DIR = Path(__file__).parent / "rules"
-SEVERITIES = ("info", "low", "medium", "high", "critical")
 MAX_EXPR_BYTES = 4_000
 MAX_WINDOW_S = 3600.0
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -97,6 +101,14 @@ class Rule:
                            "having": self.window.having,
                            "aggregates": dict(self.window.aggregates)}  # fmt: skip
         return d
+
+
+def user_dirs(state_dir: Path, extra: Iterable[Path] = ()) -> list[Path]:
+    """Where user rules come from, lowest precedence first: <state-dir>/rules (when it exists),
+    then KERNSIGHT_RULES (directories separated by ':', set by `serve --rules`), then extra."""
+    env = [Path(p) for p in os.environ.get("KERNSIGHT_RULES", "").split(os.pathsep) if p]
+    own = Path(state_dir) / "rules"
+    return ([own] if own.is_dir() else []) + env + [Path(p) for p in extra]
 
 
 def load_rules(

@@ -41,7 +41,7 @@ from mcp_types import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
-from ..detect.rules import SEVERITIES
+from ..detect.alerts import SEVERITIES
 from ..query.engine import QueryFailed, QueryRejected, QueryResult
 from ..query.timespec import parse_time
 from ..runtime import Runtime
@@ -236,7 +236,8 @@ DATA_NOTE = (
 INSTRUCTIONS = f"""kernsight: the running Linux kernel as live SQL tables (read-only).
 Tables: process (exec/fork/exit with argv), files (open/openat), syscall_stats (syscall counts per
 pid, about once a second), syscalls (every syscall; heavy, started only when queried), packets
-(anomalous packets on the watched interfaces), drops (packets the kernel dropped, with reasons).
+(anomalous packets on the watched interfaces), drops (packets the kernel dropped, with reasons),
+and any kernel tracepoint as tp.<category>.<name> (list_tracepoints / describe_tracepoint).
 Detection rules raise alerts as events arrive: read them with alerts (long-poll with wait_ms,
 pass next_cursor back). Start with status, then list_tables / describe_table, then narrow
 queries with a time window (since='5m'). For a live question use query(...,
@@ -576,8 +577,10 @@ class KernsightMCP:
                 self._poll_limiter,
             )  # fmt: skip
             cols = ["alert_id", "ts", "severity", "rule_id", "pid", "comm", "output", "suppressed",
-                    "tags", "title", "key", "uid", "tid", "cgroup_id", "source", "batch"]
-            rows = [[_iso(a[c]) if c == "ts" else a[c] for c in cols] for a in page.rows]
+                    "tags", "title", "key", "uid", "tid", "cgroup_id", "source", "batch",
+                    "raised_at"]  # fmt: skip
+            rows = [[_iso(a[c]) if c in ("ts", "raised_at") else a[c] for c in cols]
+                    for a in page.rows]  # fmt: skip
             rows = [[clean(v, L.max_string) if i != 6 else clean(v, 1024)
                      for i, v in enumerate(r)] for r in rows]  # fmt: skip
             out = AlertsOut(
@@ -607,7 +610,12 @@ class KernsightMCP:
             ]
             lines += [f"{n} counters: {json.dumps(s['counters'], separators=(',', ':'))}"
                       for n, s in st["sources"].items() if s.get("counters")]  # fmt: skip
-            lines += [f"error: {e}" for e in st["errors"]]
+            d = st["detect"]
+            lines.append(f"detect: {d['rules_enabled']} rules, {d['alerts']} alerts, "
+                         f"{d['suppressed']} repeats suppressed ({d['suppressed_pending']} "
+                         f"pending), {d['unevaluated_rows']} rows not evaluated")  # fmt: skip
+            d["errors"] = [clean(e, 512) for e in d["errors"]]
+            lines += [f"error: {e}" for e in st["errors"] + d["errors"]]
             return result("\n".join(lines), st)
 
         list_tracepoints, describe_tracepoint = tracepoint_tools(self)
