@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from test_detect import wait_alert
+from test_security_source import run, victim  # noqa: F401 (victim: a fixture)
 
 from kernsight.detect.rules import load_file
 from kernsight.detect.vector import compile_predicate
@@ -29,15 +29,6 @@ pytestmark = pytest.mark.bpf
 PY = sys.executable
 PACK = Path(__file__).parent.parent / "src/kernsight/detect/rules/security_syscalls.yaml"
 TABLES = {n: s.schema() for n, s in SOURCES.items()}
-PRELUDE = textwrap.dedent(
-    """\
-    import ctypes, errno, os, socket, struct, sys
-    libc = ctypes.CDLL(None, use_errno=True)
-    def sc(nr, *args):  # ints as full 64-bit registers
-        r = libc.syscall(nr, *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
-        return r if r >= 0 else -ctypes.get_errno()
-    """
-)
 
 
 @pytest.fixture(scope="module")
@@ -58,28 +49,13 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     runtime.close()
 
 
-def run(code: str, **kw) -> int:
-    """Run `code` in a new python process; return its pid (what the alert must carry)."""
-    p = subprocess.Popen([PY, "-c", PRELUDE + textwrap.dedent(code)], **kw)
-    assert p.wait(timeout=20) == 0
-    return p.pid
-
-
 def no_alert(rt, rule: str, pid: int) -> None:
     rt.capture.flush()
     rt.detector.flush()
     assert [a for a in rt.detector.read(rule=rule, limit=5000).rows if a["pid"] == pid] == []
 
 
-@pytest.fixture
-def victim() -> Iterator[subprocess.Popen]:
-    p = subprocess.Popen(["sleep", "30"])
-    yield p
-    p.kill()
-    p.wait()
-
-
-def test_ptrace_attach_and_memory_write(rt, victim) -> None:
+def test_ptrace_attach_and_memory_write(rt, victim) -> None:  # noqa: F811 (the fixture)
     pid = run(
         f"""
         assert sc(101, 16, {victim.pid}, 0, 0) == 0            # PTRACE_ATTACH
