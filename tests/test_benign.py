@@ -6,9 +6,12 @@ workload's own process tree, taken from the kernel's fork events."""
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import textwrap
 import time
@@ -122,13 +125,23 @@ def count(path: Path) -> int:
 def test_benign_workload_raises_no_high_or_critical_alert(tmp_path: Path) -> None:
     from kernsight.runtime import Runtime
 
-    # A developer's work tree, not /tmp (running what one built in /tmp is a rule of its own)
-    (REPO / ".pytest_cache").mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".benign-", dir=REPO / ".pytest_cache"))
+    # A developer's work tree in a home directory, not /tmp (running what one built in /tmp is
+    # a rule of its own), wherever this checkout lives: CI may clone it under /tmp, so the
+    # workload runs the real interpreter (not the venv's link) with the project on its path.
+    cache = Path.home() / ".cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="kernsight-benign-", dir=cache))
+    (work / "bin").mkdir()
+    py = os.path.realpath(sys.executable)
+    (work / "bin" / "kernsight").write_text(
+        f"#!/bin/sh\nexec {shlex.quote(py)} -m kernsight.cli \"$@\"\n"
+    )
+    (work / "bin" / "kernsight").chmod(0o755)
     env = {
-        "WORK": str(work), "DURATION": str(SECONDS), "PY": sys.executable, "PORT": "0",
-        "KERNSIGHT": str(Path(sys.executable).parent / "kernsight"),
-        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "WORK": str(work), "DURATION": str(SECONDS), "PY": py, "PORT": "0",
+        "KERNSIGHT": str(work / "bin" / "kernsight"),
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), sysconfig.get_paths()["purelib"]]),
+        "PATH": f"{work / 'bin'}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         "HOME": str(work), "LANG": "C.UTF-8",
     }  # fmt: skip
     import socket

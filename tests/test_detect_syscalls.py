@@ -285,7 +285,9 @@ def test_pack_runs_as_arrow_kernels_that_agree_with_duckdb(rt) -> None:
     time.sleep(0.2)
     data = pa.Table.from_batches([b.data for b in rt.seen], schema=TABLES["security"])
     data = data.combine_chunks()  # one chunk: DuckDB's scan keeps its row order
-    assert data.num_rows > 50
+    # the module's own tests made these rows: enough of them, and both verdicts present
+    assert data.num_rows >= 20, data.num_rows
+    fired = set()
     con = duckdb.connect()
     con.register("t", data)
     for rule in load_file(PACK, TABLES):
@@ -297,8 +299,12 @@ def test_pack_runs_as_arrow_kernels_that_agree_with_duckdb(rt) -> None:
         want = pc.fill_null(want.combine_chunks(), False).to_pylist()
         got = pa.chunked_array([mask(b) for b in data.to_batches()], pa.bool_()).to_pylist()
         bad = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
+        if any(want):
+            fired.add(rule.id)
         r = data.slice(bad[0], 1).drop_columns(["ts"]).to_pylist()[0] if bad else {}
         assert not bad, (rule.id, r.get("syscall"), r.get("path"), r.get("exe"), got[bad[0]])
+    print(f"{data.num_rows} rows; rules true on some row: {sorted(fired)}")
+    assert len(fired) >= 15, sorted(fired)
 
 
 def test_unsigned_columns_compare_with_int_literals_as_arrow_kernels() -> None:
