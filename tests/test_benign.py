@@ -134,7 +134,7 @@ def test_benign_workload_raises_no_high_or_critical_alert(tmp_path: Path) -> Non
     (work / "bin").mkdir()
     py = os.path.realpath(sys.executable)
     (work / "bin" / "kernsight").write_text(
-        f"#!/bin/sh\nexec {shlex.quote(py)} -m kernsight.cli \"$@\"\n"
+        f'#!/bin/sh\nexec {shlex.quote(py)} -m kernsight.cli "$@"\n'
     )
     (work / "bin" / "kernsight").chmod(0o755)
     env = {
