@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -60,9 +63,17 @@ def test_live_view_shows_sources_and_a_real_exec(tmp_path) -> None:
         rt.start()
         tag = uuid.uuid4().hex[:10]
         subprocess.run(["/bin/echo", f"{tag}\x1b[2J"], stdout=subprocess.DEVNULL)
+        with tempfile.TemporaryDirectory(dir="/tmp") as d:  # and an alert: exec from /tmp
+            bait = Path(d) / f"bait-{tag}"
+            shutil.copy("/bin/true", bait)
+            probe = subprocess.Popen([str(bait)])
+            assert probe.wait() == 0
         rt.capture.flush()  # render at once: the panel keeps only the latest few execs
+        rt.detector.flush()
         view.console.print(view.render())
         out = buf.getvalue()
+        assert "latest alerts" in out and "exec-from-temp-dir" in out, out
+        assert f"{probe.pid}" in out and f"bait-{tag}" in out
         assert "MCP endpoint" in out and "syscall_stats" in out and "process" in out
         assert f"/bin/echo {tag}?[2J" in out  # shown, and its escape sequence made inert
         assert "\x1b[2J" not in out

@@ -1,5 +1,5 @@
 """The terminal panel of `kernsight serve --http` (on a terminal): where to connect, event
-rates and losses per source, top processes by syscalls, the latest execs."""
+rates and losses per source, top processes by syscalls, the latest execs and alerts."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ class LiveView:
         self.console = console or Console(stderr=True)
         self._calls: collections.deque[tuple[float, pa.Table]] = collections.deque()
         self._execs: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=6)
+        self._alerts: collections.deque[dict] = collections.deque(maxlen=6)
+        self._alert_cursor: int | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,6 +61,13 @@ class LiveView:
         agg = agg.sort_by([("count_sum", "descending")]).slice(0, n)
         return agg.to_pylist()
 
+    def _latest_alerts(self) -> list[dict]:
+        """The engine's alert log from where the panel last read (rendering thread only)."""
+        page = self.rt.detector.read(self._alert_cursor, limit=500)
+        self._alert_cursor = page.next_cursor
+        self._alerts.extend(page.rows[-6:])
+        return list(self._alerts)
+
     def render(self) -> Group:
         st = self.rt.status()
         src = Table(title="sources", expand=False, title_justify="left")
@@ -83,14 +92,25 @@ class LiveView:
         ex.add_column("argv")
         for comm, pid, argv in reversed(execs):
             ex.add_row(str(pid), safe(comm, 16), safe(argv, 60))
+        al = Table(title="latest alerts", title_justify="left")
+        for col in ("severity", "rule", "pid", "output"):
+            al.add_column(col, justify="right" if col == "pid" else "left")
+        for a in reversed(self._latest_alerts()):
+            sev = a["severity"]
+            style = "red" if sev in ("high", "critical") else "yellow" if sev == "medium" else ""
+            al.add_row(Text(sev, style=style), a["rule_id"], str(a["pid"]),
+                       safe(a["output"], 70))  # fmt: skip
+        det = st["detect"]
         footer = Text(
             f"uptime {st['uptime_s']:.0f}s · store {st['store_bytes'] / 2**20:.1f} MiB · "
-            f"subscriptions {st['subscriptions']} · alerts: none yet (no detectors loaded)"
+            f"subscriptions {st['subscriptions']} · rules {det['rules_enabled']} · alerts "
+            f"{det['alerts']} (suppressed {det['suppressed']}, unevaluated rows "
+            f"{det['unevaluated_rows']})"
             + (f" · errors: {safe(st['errors'][-1], 80)}" if st["errors"] else ""),
             style="dim",
         )
         return Group(Panel(Text(self.header), title=f"kernsight {st['version']} — "
-                           f"kernel {st['kernel']}"), src, top, ex, footer)  # fmt: skip
+                           f"kernel {st['kernel']}"), src, top, ex, al, footer)  # fmt: skip
 
     def _run(self) -> None:
         with Live(self.render(), console=self.console, refresh_per_second=2,
