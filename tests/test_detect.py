@@ -163,6 +163,13 @@ def wait_alert(rt, rule: str, pid: int, timeout: float = 15.0) -> dict:
     raise AssertionError(f"no {rule} alert for pid {pid} within {timeout} s")
 
 
+def no_alert(rt, rule: str | None, pid: int) -> None:
+    """Everything the kernel gave so far is evaluated, and `rule` (None: any) spared `pid`."""
+    rt.capture.flush()
+    rt.detector.flush()
+    assert [a for a in rt.detector.read(rule=rule, limit=5000).rows if a["pid"] == pid] == []
+
+
 @pytest.mark.bpf
 def test_exec_from_tmp_alerts_with_the_childs_pid(rt, tmpdir_in_tmp: Path) -> None:
     sub = rt.subscriptions.create("SELECT rule_id, pid FROM alerts WHERE severity_level >= 3")
@@ -239,8 +246,7 @@ def test_fileless_exec_from_memfd_and_the_sealed_exception(rt) -> None:
     sealed = run_py(run("os.MFD_ALLOW_SEALING", seal))
     a = wait_alert(rt, "exec-from-sealed-memfd", sealed)
     assert a["severity"] == "low" and "seals 15" in a["output"]
-    assert not [x for x in rt.detector.read(rule="exec-from-memfd", limit=5000).rows
-                if x["pid"] == sealed]  # fmt: skip
+    no_alert(rt, "exec-from-memfd", sealed)
 
 
 @pytest.mark.bpf
@@ -260,10 +266,7 @@ def test_reverse_shell_with_socket_stdio(rt) -> None:
     quiet = subprocess.Popen(["/bin/sh", "-c", "exit 0"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE)  # fmt: skip
     quiet.communicate()
-    rt.capture.flush()
-    rt.detector.flush()
-    assert not [x for x in rt.detector.read(rule="reverse-shell", limit=5000).rows
-                if x["pid"] == quiet.pid]  # fmt: skip
+    no_alert(rt, "reverse-shell", quiet.pid)
 
 
 @pytest.mark.bpf
@@ -281,10 +284,7 @@ def test_credential_access_shadow_and_ssh_keys(rt, fake_home: Path) -> None:
         p = subprocess.Popen([keygen, "-l", "-f", str(key)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)  # fmt: skip
         p.wait()
-        rt.capture.flush()
-        rt.detector.flush()
-        assert not [x for x in rt.detector.read(rule="credential-ssh-key-read", limit=5000).rows
-                    if x["pid"] == p.pid]  # fmt: skip
+        no_alert(rt, "credential-ssh-key-read", p.pid)
 
 
 @pytest.mark.bpf
@@ -312,9 +312,7 @@ def test_persistence_writes(rt, fake_home: Path) -> None:
     assert "ks-test.service" in a["output"] and a["severity"] == "high"
     # reading them is not a write
     reader = run_py(opens("/etc/passwd", fake_home / ".bashrc", flags="os.O_RDONLY"))
-    rt.capture.flush()
-    rt.detector.flush()
-    assert not [x for x in rt.detector.read(limit=5000).rows if x["pid"] == reader]
+    no_alert(rt, None, reader)
 
 
 @pytest.mark.bpf

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_detect import wait_alert
+from test_detect import no_alert, wait_alert
 from test_security_source import run, victim  # noqa: F401 (victim: a fixture)
 
 from kernsight.detect.rules import load_file
@@ -47,12 +47,6 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     runtime.start()
     yield runtime
     runtime.close()
-
-
-def no_alert(rt, rule: str, pid: int) -> None:
-    rt.capture.flush()
-    rt.detector.flush()
-    assert [a for a in rt.detector.read(rule=rule, limit=5000).rows if a["pid"] == pid] == []
 
 
 def test_ptrace_attach_and_memory_write(rt, victim) -> None:  # noqa: F811 (the fixture)
