@@ -138,7 +138,9 @@ def test_benign_workload_raises_no_high_or_critical_alert(tmp_path: Path) -> Non
     )
     (work / "bin" / "kernsight").chmod(0o755)
     env = {
-        "WORK": str(work), "DURATION": str(SECONDS), "PY": py, "PORT": "0",
+        # bash's $SECONDS ticks in whole seconds from the shell's start, so a loop of N of
+        # them can end up to a second early: ask for one more to run at least SECONDS
+        "WORK": str(work), "DURATION": str(SECONDS + 1), "PY": py, "PORT": "0",
         "KERNSIGHT": str(work / "bin" / "kernsight"),
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), sysconfig.get_paths()["purelib"]]),
         "PATH": f"{work / 'bin'}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
